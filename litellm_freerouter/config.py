@@ -1,0 +1,162 @@
+"""Settings and where they come from.
+
+Every tunable has three sources, strongest first: a key in LiteLLM's ``litellm_params`` (or a
+keyword argument to ``litellm.completion``), the ``FREEROUTER_*`` environment variable, and the
+default.  This is the only module that reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigurationError, MissingKeyError
+
+DEFAULT_API_BASE = "https://openrouter.ai/api/v1"
+APP_URL = "https://github.com/litellm-freerouter/litellm-freerouter"
+APP_TITLE = "litellm-freerouter"
+ENV_PREFIX = "FREEROUTER_"
+
+
+def _default_state_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("litellm-freerouter", appauthor=False))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything one request needs to know; validated on construction."""
+
+    api_key: str | None = field(default=None, repr=False)
+    api_base: str = DEFAULT_API_BASE
+    race_width: int = 3
+    first_token_timeout: float | None = 30.0
+    idle_timeout: float | None = 30.0
+    refresh_interval: float = 3600.0
+    cooldown_rate_limit: float = 90.0
+    cooldown_slow: float = 15.0
+    cooldown_rejected: float = 90.0
+    # 0 starts every contender at once; "auto" hedges on each model's measured first-token time.
+    hedge_delay: float | str = 0.0
+    # Below this many remaining daily free requests, the race narrows to one contender.
+    quota_reserve: int = 5
+    state_dir: Path | None = None
+    redis_url: str | None = field(default=None, repr=False)
+    # Probability that a never-measured model is moved into the batch to get measured.
+    explore: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.race_width < 1:
+            raise ConfigurationError(f"race_width must be at least 1, got {self.race_width}")
+        for name in ("first_token_timeout", "idle_timeout"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigurationError(f"{name} must be a positive number of seconds or none")
+        for name in (
+            "refresh_interval",
+            "cooldown_rate_limit",
+            "cooldown_slow",
+            "cooldown_rejected",
+        ):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ConfigurationError(f"{name} must be a non-negative number of seconds")
+        if isinstance(self.hedge_delay, str):
+            if self.hedge_delay != "auto":
+                raise ConfigurationError("hedge_delay must be a number of seconds or 'auto'")
+        elif not (self.hedge_delay >= 0 and math.isfinite(self.hedge_delay)):
+            raise ConfigurationError("hedge_delay must be a non-negative number or 'auto'")
+        if self.quota_reserve < 0:
+            raise ConfigurationError("quota_reserve must not be negative")
+        if not 0 <= self.explore <= 1:
+            raise ConfigurationError("explore must be between 0 and 1")
+        if not self.api_base.startswith(("http://", "https://")):
+            raise ConfigurationError(
+                f"api_base must be an http(s) URL, got {self.api_base!r}"
+            )
+
+    @property
+    def base(self) -> str:
+        return self.api_base.rstrip("/")
+
+    @property
+    def key_id(self) -> str:
+        """A stable, non-reversible name for the key, for keying account state."""
+        if not self.api_key:
+            return "anonymous"
+        return hashlib.sha256(self.api_key.encode()).hexdigest()[:16]
+
+    def require_key(self) -> str:
+        if not self.api_key:
+            raise MissingKeyError(
+                "No OpenRouter API key: set OPENROUTER_API_KEY (free at https://openrouter.ai/keys)"
+                " or pass api_key=..."
+            )
+        return self.api_key
+
+    def resolved_state_dir(self) -> Path:
+        return self.state_dir if self.state_dir is not None else _default_state_dir()
+
+
+TUNABLES: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(Settings) if f.name not in ("api_key", "api_base")
+)
+
+
+def _convert(name: str, raw: Any) -> Any:
+    """Turn a string or YAML value into the field's type, with an error naming the setting."""
+    try:
+        if name == "race_width" or name == "quota_reserve":
+            if isinstance(raw, bool):
+                raise ValueError
+            return int(raw)
+        if name in ("first_token_timeout", "idle_timeout"):
+            if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "0")):
+                return None
+            value = float(raw)
+            return None if value == 0 else value
+        if name == "hedge_delay":
+            if isinstance(raw, str) and raw.strip().lower() == "auto":
+                return "auto"
+            return float(raw)
+        if name == "state_dir":
+            return None if raw in (None, "") else Path(str(raw)).expanduser()
+        if name == "redis_url":
+            return None if raw in (None, "") else str(raw)
+        return float(raw)
+    except (TypeError, ValueError):
+        env = ENV_PREFIX + name.upper()
+        raise ConfigurationError(f"invalid value {raw!r} for {name} ({env})") from None
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    api_key: str | None = None,
+    api_base: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build settings from explicit arguments, ``overrides`` (litellm_params), then the environment."""
+    env = os.environ if environ is None else environ
+    overrides = overrides or {}
+    values: dict[str, Any] = {}
+    for name in TUNABLES:
+        if overrides.get(name) is not None:
+            values[name] = _convert(name, overrides[name])
+        elif (raw := env.get(ENV_PREFIX + name.upper())) not in (None, ""):
+            values[name] = _convert(name, raw)
+    values["api_key"] = api_key or env.get("OPENROUTER_API_KEY") or None
+    values["api_base"] = api_base or env.get("OPENROUTER_API_BASE") or DEFAULT_API_BASE
+    return Settings(**values)
+
+
+def autoload_disabled(environ: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if environ is None else environ
+    return env.get("FREEROUTER_DISABLE_AUTOLOAD", "").strip().lower() in ("1", "true", "yes", "on")

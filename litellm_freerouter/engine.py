@@ -1,0 +1,262 @@
+"""One persistent event loop in a background thread, where every race runs.
+
+Sync callers (aider) have no loop to race on, and async callers each have their own; running
+all races on one loop lets every request share one aiohttp session, one catalogue refresh task
+and one set of connections.  Chunks cross back to the caller through the bridges below, which
+also carry cancellation the other way: when a caller stops reading, its race is cancelled and
+its connections are closed before the bridge returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import os
+import queue
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import aiohttp
+
+T = TypeVar("T")
+
+# Cleanup after a cancelled request is bounded by this many seconds.
+CANCEL_TIMEOUT = 5.0
+# How often a blocked sync caller wakes up, so that Ctrl-C is never held up.
+POLL = 0.25
+
+_ITEM, _END, _ERROR = 0, 1, 2
+
+
+class Engine:
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self._session: aiohttp.ClientSession | None = None
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self.state: dict[str, Any] = {}  # owned by the loop: routers and the like
+        self._thread = threading.Thread(
+            target=self._run, name="freerouter-engine", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def in_engine_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def submit(self, coro: Awaitable[T]) -> concurrent.futures.Future[T]:
+        if self.in_engine_thread():
+            raise RuntimeError(
+                "freerouter's sync API was called from its own event-loop thread; use the async API"
+            )
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+
+    def session(self) -> aiohttp.ClientSession:
+        """The shared session; only to be used on the engine's loop."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=15),
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                auto_decompress=True,
+            )
+        return self._session
+
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        self._closers.append(closer)
+
+    async def _aclose(self) -> None:
+        for closer in reversed(self._closers):
+            try:
+                await asyncio.wait_for(closer(), 2)
+            except Exception:  # closing is best effort; never block interpreter exit
+                pass
+        if self._session is not None:
+            await self._session.close()
+
+    def close(self, timeout: float = 3.0) -> None:
+        if not self._thread.is_alive():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._aclose(), self.loop).result(timeout)
+        except Exception:
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout)
+
+
+_engine: Engine | None = None
+_engine_lock = threading.Lock()
+
+
+def get_engine() -> Engine:
+    """The process's engine, started on first use (and again in a forked child)."""
+    global _engine
+    with _engine_lock:
+        if _engine is None or _engine.pid != os.getpid():
+            _engine = Engine()
+        return _engine
+
+
+def shutdown() -> None:
+    global _engine
+    with _engine_lock:
+        engine, _engine = _engine, None
+    if engine is not None and engine.pid == os.getpid():
+        engine.close()
+
+
+atexit.register(shutdown)
+
+
+# --- bridges ----------------------------------------------------------------------------------
+
+
+def stream_sync(make: Callable[[], AsyncIterator[T]], *, first_item_timeout: float | None = None
+                ) -> Iterator[T]:
+    """Iterate an async generator, run on the engine, from plain blocking code."""
+    engine = get_engine()
+    items: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+    finished = threading.Event()
+
+    async def pump() -> None:
+        try:
+            async for item in make():
+                items.put((_ITEM, item))
+            items.put((_END, None))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            items.put((_ERROR, exc))
+        finally:
+            finished.set()
+
+    future = engine.submit(pump())
+    try:
+        waited = 0.0
+        got_first = False
+        while True:
+            try:
+                kind, value = items.get(timeout=POLL)
+            except queue.Empty:
+                waited += POLL
+                if not got_first and first_item_timeout is not None and waited >= first_item_timeout:
+                    raise TimeoutError(
+                        f"no answer within the caller's timeout of {first_item_timeout:g} s"
+                    ) from None
+                continue
+            got_first = True
+            if kind == _ITEM:
+                yield value
+            elif kind == _END:
+                return
+            else:
+                raise value
+    finally:
+        if not finished.is_set():
+            future.cancel()
+            finished.wait(CANCEL_TIMEOUT)
+
+
+async def stream_async(make: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]:
+    """Iterate an async generator, run on the engine, from the caller's own loop."""
+    engine = get_engine()
+    loop = asyncio.get_running_loop()
+    items: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+    finished = asyncio.Event()
+
+    def put(entry: tuple[int, Any]) -> None:
+        try:
+            loop.call_soon_threadsafe(items.put_nowait, entry)
+        except RuntimeError:  # the caller's loop is gone; the pump is about to be cancelled
+            pass
+
+    async def pump() -> None:
+        try:
+            async for item in make():
+                put((_ITEM, item))
+            put((_END, None))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            put((_ERROR, exc))
+        finally:
+            try:
+                loop.call_soon_threadsafe(finished.set)
+            except RuntimeError:
+                pass
+
+    future = engine.submit(pump())
+    try:
+        while True:
+            kind, value = await items.get()
+            if kind == _ITEM:
+                yield value
+            elif kind == _END:
+                return
+            else:
+                raise value
+    finally:
+        if not future.done():
+            future.cancel()
+            try:
+                await asyncio.wait_for(finished.wait(), CANCEL_TIMEOUT)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                pass
+
+
+async def _signalling(make: Callable[[], Awaitable[T]], done: Callable[[], None]) -> T:
+    try:
+        return await make()
+    finally:
+        done()
+
+
+def call_sync(make: Callable[[], Awaitable[T]], *, timeout: float | None = None) -> T:
+    """Run a coroutine on the engine and wait for it, staying responsive to Ctrl-C."""
+    finished = threading.Event()
+    future = get_engine().submit(_signalling(make, finished.set))
+    waited = 0.0
+    try:
+        while True:
+            try:
+                return future.result(timeout=POLL)
+            except concurrent.futures.TimeoutError:
+                waited += POLL
+                if timeout is not None and waited >= timeout:
+                    raise TimeoutError(
+                        f"no answer within the caller's timeout of {timeout:g} s"
+                    ) from None
+    finally:
+        if not finished.is_set():
+            future.cancel()
+            finished.wait(CANCEL_TIMEOUT)
+
+
+async def call_async(make: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine on the engine from another loop; cancelling the caller cancels it and
+    waits (bounded) until its connections are closed."""
+    loop = asyncio.get_running_loop()
+    finished = asyncio.Event()
+
+    def done() -> None:
+        try:
+            loop.call_soon_threadsafe(finished.set)
+        except RuntimeError:
+            pass
+
+    future = get_engine().submit(_signalling(make, done))
+    try:
+        return await asyncio.wrap_future(future)
+    finally:
+        if not finished.is_set() and not future.done():
+            future.cancel()
+        if not finished.is_set():
+            try:
+                await asyncio.wait_for(finished.wait(), CANCEL_TIMEOUT)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                pass

@@ -1,0 +1,339 @@
+"""The error tree, how upstream failures are classified, and how they become litellm's errors.
+
+::
+
+    FreeRouterError
+    ├── ConfigurationError ............ a tunable or argument is wrong      -> BadRequestError
+    │   └── MissingKeyError ........... no OPENROUTER_API_KEY                -> AuthenticationError
+    ├── UpstreamError ................. one model's failure, with its scope (account, model,
+    │   │                               request) and kind; raised to the caller only when it
+    │   │                               stops the whole request
+    │   └── StreamStalled ............. the winner went quiet after its first token -> Timeout
+    ├── NoModelAvailable .............. every free model is cooling or none exist
+    │                                                                        -> ServiceUnavailableError
+    ├── NoCapableModel ................ no free model can serve this request -> BadRequestError
+    ├── AllModelsFailed ............... every candidate failed for this request
+    │                                   -> RateLimitError / ContextWindowExceededError / Timeout /
+    │                                      ServiceUnavailableError, by what the failures were
+    └── CatalogUnavailable ............ the model list could not be fetched  -> ServiceUnavailableError
+
+Upstream HTTP statuses and error chunks are classified in :func:`classify` and nowhere else;
+exceptions reach litellm's classes in :func:`to_litellm` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+Scope = Literal["account", "model", "request"]
+
+PRIVACY_URL = "https://openrouter.ai/settings/privacy"
+CREDITS_URL = "https://openrouter.ai/settings/credits"
+KEYS_URL = "https://openrouter.ai/keys"
+
+
+class FreeRouterError(Exception):
+    """Base class of every error this package raises."""
+
+
+class ConfigurationError(FreeRouterError, ValueError):
+    """A setting or argument is invalid; the message names it."""
+
+
+class MissingKeyError(ConfigurationError):
+    """No API key was given."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What went wrong with one model on one request."""
+
+    kind: str
+    scope: Scope
+    message: str
+    model: str | None = None
+    status: int | None = None
+    retry_after: float | None = None
+    # Absolute reset time (epoch seconds) of an account limit, when the upstream said it.
+    reset_at: float | None = None
+
+    def describe(self) -> str:
+        where = f"{self.model}: " if self.model else ""
+        code = f"{self.status} " if self.status else ""
+        return f"{where}{code}{self.kind} ({self.message})"
+
+
+class UpstreamError(FreeRouterError):
+    """One model's failure, carried as an exception out of its contender task."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+class StreamStalled(UpstreamError):
+    """The winning model sent nothing for ``idle_timeout`` seconds after it had started."""
+
+
+class NoModelAvailable(FreeRouterError):
+    """Every free model is cooling down (or there are none); nothing was sent upstream."""
+
+    def __init__(self, message: str, *, cooling: int = 0, next_ready_in: float | None = None):
+        super().__init__(message)
+        self.cooling = cooling
+        self.next_ready_in = next_ready_in
+
+
+class NoCapableModel(FreeRouterError):
+    """No free model supports what this request needs (tools, images, size...)."""
+
+
+class AllModelsFailed(FreeRouterError):
+    """Every model tried for this request failed; ``failures`` says how."""
+
+    def __init__(self, failures: Sequence[Failure]) -> None:
+        self.failures = tuple(failures)
+        shown = "; ".join(f.describe() for f in self.failures[:6])
+        more = f"; and {len(self.failures) - 6} more" if len(self.failures) > 6 else ""
+        super().__init__(
+            f"all {len(self.failures)} free models tried for this request failed: {shown}{more}"
+        )
+
+
+class CatalogUnavailable(FreeRouterError):
+    """The free-model list could not be fetched and no earlier copy exists."""
+
+
+# --- classification -------------------------------------------------------------------------
+
+_CONTEXT = re.compile(r"context length|context window|maximum context|too many tokens", re.I)
+_UNSUPPORTED = re.compile(r"no endpoints found that support|does not support|not support", re.I)
+_PRIVACY = re.compile(r"data policy|privacy", re.I)
+_NO_ENDPOINTS = re.compile(r"no endpoints found|no allowed providers|not a valid model|deprecated"
+                           r"|no longer (available|free)|has ended|unavailable", re.I)
+
+
+def _as_float(value: Any) -> float | None:
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        return None
+    return result if result >= 0 else None
+
+
+def retry_after_of(body: Mapping[str, Any] | None, headers: Mapping[str, str] | None) -> float | None:
+    """The longest wait the upstream asked for, from any of the places it may say it."""
+    candidates: list[float | None] = []
+    if headers:
+        lowered = {k.lower(): v for k, v in headers.items()}
+        candidates.append(_as_float(lowered.get("retry-after")))
+    error = (body or {}).get("error") if isinstance(body, Mapping) else None
+    if isinstance(error, Mapping):
+        meta = error.get("metadata")
+        if isinstance(meta, Mapping):
+            candidates.append(_as_float(meta.get("retry_after_seconds")))
+            meta_headers = meta.get("headers")
+            if isinstance(meta_headers, Mapping):
+                candidates.append(_as_float(meta_headers.get("Retry-After")))
+        availability = error.get("availability")
+        if isinstance(availability, Mapping):
+            candidates.append(_as_float(availability.get("retry_after")))
+        candidates.append(_as_float(error.get("retry_after_seconds")))
+    values = [c for c in candidates if c is not None]
+    return max(values) if values else None
+
+
+def _reset_at(error: Mapping[str, Any]) -> float | None:
+    meta = error.get("metadata")
+    if not isinstance(meta, Mapping):
+        return None
+    headers = meta.get("headers")
+    if not isinstance(headers, Mapping):
+        return None
+    raw = _as_float(headers.get("X-RateLimit-Reset"))
+    if raw is None:
+        return None
+    # OpenRouter sends epoch milliseconds; accept seconds too, should that ever change.
+    return raw / 1000 if raw > 1e11 else raw
+
+
+def next_utc_midnight(now: float | None = None) -> float:
+    now = time.time() if now is None else now
+    return (now // 86400 + 1) * 86400
+
+
+def classify(
+    status: int,
+    body: Any,
+    headers: Mapping[str, str] | None = None,
+    *,
+    model: str | None = None,
+) -> Failure:
+    """Decide what an upstream error means for routing (REFERENCE.md's table)."""
+    error = body.get("error") if isinstance(body, Mapping) else None
+    if not isinstance(error, Mapping):
+        error = {}
+    message = str(error.get("message") or (body if isinstance(body, str) else "") or "").strip()
+    meta = error.get("metadata") if isinstance(error.get("metadata"), Mapping) else {}
+    raw = str(meta.get("raw") or "") if isinstance(meta, Mapping) else ""
+    text = f"{message} {raw}"
+    message = message or f"HTTP {status}"
+    retry_after = retry_after_of(body if isinstance(body, Mapping) else None, headers)
+
+    def failure(kind: str, scope: Scope, **extra: Any) -> Failure:
+        return Failure(kind, scope, message, model, status, retry_after, **extra)
+
+    if status == 401:
+        return failure("auth", "account")
+    if status == 402:
+        return failure("credits", "account")
+    if status == 429:
+        if "free-models-per-day" in text:
+            reset = _reset_at(error) or next_utc_midnight()
+            return failure("daily_quota", "account", reset_at=reset)
+        if "free-models-per-min" in text:
+            return Failure("minute_limit", "account", message, model, status, retry_after or 60.0)
+        return failure("rate_limited", "model")
+    if status == 404:
+        if _PRIVACY.search(text):
+            return failure("privacy", "account")
+        if _UNSUPPORTED.search(text):
+            return failure("unsupported", "request")
+        return failure("gone", "model")
+    if status == 403:
+        return failure("moderation", "request")
+    if status in (400, 413, 422):
+        if _CONTEXT.search(text):
+            return failure("context", "request")
+        return failure("rejected", "model")
+    if status == 408 or status >= 500:
+        return failure("server", "model")
+    return failure("rejected", "model")
+
+
+def classify_error_chunk(error: Mapping[str, Any], *, model: str | None) -> Failure:
+    """An error that arrived inside a 200 stream counts by its code."""
+    code = error.get("code")
+    status = code if isinstance(code, int) and 100 <= code <= 599 else None
+    if status is None and isinstance(code, str) and code.isdigit():
+        status = int(code)
+    return classify(status or 502, {"error": error}, model=model)
+
+
+# --- messages for the caller -----------------------------------------------------------------
+
+
+def _clock(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%H:%M UTC")
+
+
+def account_message(failure: Failure) -> str:
+    """What a person should do about an account-wide failure."""
+    if failure.kind == "auth":
+        return (
+            "OpenRouter rejected the API key (401). Check OPENROUTER_API_KEY or create a new key"
+            f" at {KEYS_URL}."
+        )
+    if failure.kind == "credits":
+        return (
+            "OpenRouter says the account needs credits (402); a negative balance blocks even free"
+            f" models. Add credits at {CREDITS_URL}."
+        )
+    if failure.kind == "daily_quota":
+        reset = failure.reset_at or next_utc_midnight()
+        return (
+            f"free daily quota used; resets at {_clock(reset)}. OpenRouter allows 50 free requests"
+            " a day, or 1000 once 10 USD of credits were ever bought"
+            f" ({CREDITS_URL})."
+        )
+    if failure.kind == "minute_limit":
+        wait = failure.retry_after or 60.0
+        return (
+            f"free models are rate limited for this account (20 requests a minute); try again in"
+            f" {wait:.0f} s."
+        )
+    if failure.kind == "privacy":
+        return (
+            "OpenRouter's privacy settings block free models for this account: enable"
+            f" 'Free model publication' (Enable free endpoints that may publish prompts) at {PRIVACY_URL}."
+        )
+    return failure.message
+
+
+# --- translation to litellm ------------------------------------------------------------------
+
+
+def to_litellm(exc: BaseException, *, model: str = "auto") -> Exception:
+    """Translate one of our errors into the litellm class that makes retry logic right."""
+    import httpx
+    import litellm
+
+    provider = "freerouter"
+
+    def response(status: int) -> httpx.Response:
+        request = httpx.Request("POST", "https://openrouter.ai/api/v1/chat/completions")
+        return httpx.Response(status_code=status, request=request)
+
+    if isinstance(exc, MissingKeyError):
+        return litellm.AuthenticationError(message=str(exc), llm_provider=provider, model=model)
+    if isinstance(exc, ConfigurationError):
+        return litellm.BadRequestError(message=str(exc), model=model, llm_provider=provider)
+    if isinstance(exc, NoCapableModel):
+        return litellm.BadRequestError(message=str(exc), model=model, llm_provider=provider)
+    if isinstance(exc, (NoModelAvailable, CatalogUnavailable)):
+        return litellm.ServiceUnavailableError(
+            message=str(exc), llm_provider=provider, model=model, response=response(503)
+        )
+    if isinstance(exc, StreamStalled):
+        return litellm.Timeout(message=str(exc), model=model, llm_provider=provider)
+    if isinstance(exc, UpstreamError):
+        return _failure_to_litellm(exc.failure, str(exc), model, response)
+    if isinstance(exc, AllModelsFailed):
+        kinds = {f.kind for f in exc.failures}
+        if kinds and kinds <= {"context"}:
+            return litellm.ContextWindowExceededError(
+                message=str(exc), model=model, llm_provider=provider
+            )
+        if kinds and kinds <= {"rate_limited"}:
+            return litellm.RateLimitError(message=str(exc), llm_provider=provider, model=model)
+        if kinds and kinds <= {"slow", "stalled"}:
+            return litellm.Timeout(message=str(exc), model=model, llm_provider=provider)
+        if kinds and kinds <= {"unsupported", "rejected", "moderation", "context"}:
+            return litellm.BadRequestError(message=str(exc), model=model, llm_provider=provider)
+        return litellm.ServiceUnavailableError(
+            message=str(exc), llm_provider=provider, model=model, response=response(503)
+        )
+    if isinstance(exc, FreeRouterError):
+        return litellm.APIError(
+            status_code=500, message=str(exc), llm_provider=provider, model=model
+        )
+    return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+
+
+def _failure_to_litellm(failure: Failure, message: str, model: str, response: Any) -> Exception:
+    import litellm
+
+    provider = "freerouter"
+    kind = failure.kind
+    if kind == "auth":
+        return litellm.AuthenticationError(message=message, llm_provider=provider, model=model)
+    if kind in ("daily_quota", "minute_limit", "rate_limited"):
+        return litellm.RateLimitError(message=message, llm_provider=provider, model=model)
+    if kind == "privacy":
+        return litellm.NotFoundError(message=message, model=model, llm_provider=provider)
+    if kind == "credits":
+        return litellm.BadRequestError(message=message, model=model, llm_provider=provider)
+    if kind == "context":
+        return litellm.ContextWindowExceededError(message=message, model=model, llm_provider=provider)
+    if kind in ("rejected", "unsupported", "moderation"):
+        return litellm.BadRequestError(message=message, model=model, llm_provider=provider)
+    if kind in ("slow", "stalled"):
+        return litellm.Timeout(message=message, model=model, llm_provider=provider)
+    return litellm.ServiceUnavailableError(
+        message=message, llm_provider=provider, model=model, response=response(503)
+    )

@@ -1,0 +1,153 @@
+"""What the router does, as small events: logged, and offered to subscribers (the CLI's live view).
+
+Subscribers are called on the router's own thread; they must be quick and must not raise.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger("litellm_freerouter")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    def message(self) -> str:
+        return type(self).__name__
+
+    level = logging.INFO
+
+
+@dataclass(frozen=True, slots=True)
+class RaceStarted(Event):
+    request_id: str
+    models: tuple[str, ...]
+    candidates: int
+
+    def message(self) -> str:
+        return (
+            f"[{self.request_id}] racing {', '.join(self.models)}"
+            f" ({self.candidates} candidates)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ContenderStarted(Event):
+    request_id: str
+    model: str
+    after: float  # seconds since the race started
+
+    level = logging.DEBUG
+
+    def message(self) -> str:
+        return f"[{self.request_id}] started {self.model} at +{self.after * 1000:.0f} ms"
+
+
+@dataclass(frozen=True, slots=True)
+class ContenderFailed(Event):
+    request_id: str
+    model: str
+    kind: str
+    scope: str
+    reason: str
+    cooldown: float | None  # seconds; None: the model stays healthy for other requests
+
+    def message(self) -> str:
+        cooling = f", cooling {self.cooldown:.0f} s" if self.cooldown else ""
+        return f"[{self.request_id}] dropped {self.model}: {self.kind} ({self.reason}){cooling}"
+
+
+@dataclass(frozen=True, slots=True)
+class Winner(Event):
+    request_id: str
+    model: str
+    first_token: float  # seconds since the race started
+    contenders: int
+
+    def message(self) -> str:
+        return (
+            f"[{self.request_id}] winner {self.model}: first token in"
+            f" {self.first_token * 1000:.0f} ms ({self.contenders} started)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Finished(Event):
+    request_id: str
+    model: str
+    ok: bool
+    duration: float
+    error: str | None = None
+
+    level = logging.DEBUG
+
+    def message(self) -> str:
+        status = "done" if self.ok else f"failed: {self.error}"
+        return f"[{self.request_id}] {self.model} {status} after {self.duration:.2f} s"
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogRefreshed(Event):
+    count: int
+    ok: bool
+    error: str | None = None
+
+    def message(self) -> str:
+        if self.ok:
+            return f"free-model list refreshed: {self.count} models"
+        return f"free-model list refresh failed, keeping {self.count} models: {self.error}"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountNotice(Event):
+    text: str
+    level = logging.WARNING
+
+    def message(self) -> str:
+        return self.text
+
+
+_subscribers: list[Callable[[Event], None]] = []
+_lock = threading.Lock()
+
+
+def subscribe(callback: Callable[[Event], None]) -> Callable[[], None]:
+    """Call ``callback`` for every event; returns a function that unsubscribes it."""
+    with _lock:
+        _subscribers.append(callback)
+
+    def unsubscribe() -> None:
+        with _lock:
+            if callback in _subscribers:
+                _subscribers.remove(callback)
+
+    return unsubscribe
+
+
+def emit(event: Event) -> None:
+    if log.isEnabledFor(event.level):
+        log.log(event.level, "%s", event.message())
+    with _lock:
+        targets = list(_subscribers)
+    for callback in targets:
+        try:
+            callback(event)
+        except Exception:  # a broken subscriber must not break a request
+            log.debug("event subscriber failed", exc_info=True)
+
+
+__all__ = [
+    "AccountNotice",
+    "CatalogRefreshed",
+    "ContenderFailed",
+    "ContenderStarted",
+    "Event",
+    "Finished",
+    "RaceStarted",
+    "Winner",
+    "emit",
+    "subscribe",
+]

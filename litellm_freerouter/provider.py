@@ -1,0 +1,324 @@
+"""The thin LiteLLM glue: four hooks, chunk conversion, registration."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+from litellm.llms.custom_llm import CustomLLM
+from litellm.types.utils import GenericStreamingChunk, ModelResponse
+
+from . import engine
+from .config import TUNABLES, Settings, load_settings
+from .errors import FreeRouterError, to_litellm
+from .router import Answer, Router
+from .sse import Delta
+
+PROVIDER = "freerouter"
+MODEL = "auto"
+MODEL_NAME = f"{PROVIDER}/{MODEL}"
+
+# What aider and the proxy are told about freerouter/auto.  The router itself checks each
+# request against each model's real context window.
+MAX_INPUT_TOKENS = 131072
+MAX_OUTPUT_TOKENS = 32768
+MODEL_INFO: dict[str, Any] = {
+    "max_tokens": MAX_OUTPUT_TOKENS,
+    "max_input_tokens": MAX_INPUT_TOKENS,
+    "max_output_tokens": MAX_OUTPUT_TOKENS,
+    "input_cost_per_token": 0.0,
+    "output_cost_per_token": 0.0,
+    "litellm_provider": PROVIDER,
+    "mode": "chat",
+    "supports_function_calling": True,
+    "supports_tool_choice": True,
+    "supports_vision": True,
+    "supports_response_schema": True,
+    "supports_reasoning": True,
+}
+
+# Parameters litellm hands us that are not for the upstream body.
+_NOT_UPSTREAM = frozenset(
+    {"stream", "stream_options", "max_retries", "api_key", "api_base", "timeout", "extra_body",
+     "extra_headers", "custom_llm_provider", "drop_params", "mock_response", "metadata"}
+) | frozenset(TUNABLES)
+
+
+def prepare(
+    messages: Any,
+    optional_params: Mapping[str, Any] | None,
+    litellm_params: Mapping[str, Any] | None,
+    *,
+    api_key: str | None,
+    api_base: str | None,
+) -> tuple[dict[str, Any], Settings]:
+    """The upstream body and this request's settings."""
+    optional_params = optional_params or {}
+    overrides: dict[str, Any] = {}
+    for source in (litellm_params or {}, optional_params):
+        for name in TUNABLES:
+            if source.get(name) is not None:
+                overrides[name] = source[name]
+    settings = load_settings(overrides, api_key=api_key, api_base=api_base)
+    if not isinstance(messages, list) or not messages:
+        from .errors import ConfigurationError
+
+        raise ConfigurationError("messages must be a non-empty list")
+    body: dict[str, Any] = {"messages": messages}
+    for name, value in optional_params.items():
+        if name not in _NOT_UPSTREAM and value is not None:
+            body[name] = value
+    extra = optional_params.get("extra_body")
+    if isinstance(extra, Mapping):
+        body.update({k: v for k, v in extra.items() if k not in ("model", "stream")})
+    return body, settings
+
+
+def _router(settings: Settings) -> Router:
+    """The router for this endpoint and key (created on the engine's loop)."""
+    eng = engine.get_engine()
+    routers: dict[tuple[str, str], Router] = eng.state.setdefault("routers", {})
+    key = (settings.base, settings.key_id)
+    router = routers.get(key)
+    if router is None:
+        router = routers[key] = Router(
+            settings.base, session=eng.session, refresh_interval=settings.refresh_interval
+        )
+        eng.on_close(router.aclose)
+    return router
+
+
+def _usage_block(usage: Mapping[str, int] | None) -> dict[str, int] | None:
+    if not usage:
+        return None
+    return {
+        "prompt_tokens": usage.get("prompt_tokens", 0),
+        "completion_tokens": usage.get("completion_tokens", 0),
+        "total_tokens": usage.get("total_tokens", 0),
+    }
+
+
+def _chunk(text: str, fields: dict[str, Any], tool_use: Any = None) -> GenericStreamingChunk:
+    return {
+        "text": text,
+        "tool_use": tool_use,
+        "is_finished": False,
+        "finish_reason": "",
+        "usage": None,
+        "index": 0,
+        "provider_specific_fields": fields,
+    }
+
+
+async def _generic_chunks(
+    body: dict[str, Any], settings: Settings
+) -> AsyncIterator[GenericStreamingChunk]:
+    """Runs on the engine: the winner's deltas as litellm's generic chunks, usage last."""
+    finish: str | None = None
+    usage: Mapping[str, int] | None = None
+    winner = ""
+    saw_tool_call = False
+    async for model, delta in _router(settings).stream(body, settings):
+        winner = model
+        finish = delta.finish_reason or finish
+        usage = delta.usage or usage
+        for chunk in delta_chunks(model, delta):
+            saw_tool_call = saw_tool_call or chunk["tool_use"] is not None
+            yield chunk
+    if finish in (None, "stop") and saw_tool_call:
+        finish = "tool_calls"
+    yield {
+        "text": "",
+        "tool_use": None,
+        "is_finished": True,
+        "finish_reason": finish or "stop",
+        "usage": _usage_block(usage),  # type: ignore[typeddict-item]
+        "index": 0,
+        "provider_specific_fields": {"freerouter_model": winner},
+    }
+
+
+def delta_chunks(model: str, delta: Delta) -> Iterator[GenericStreamingChunk]:
+    if not delta.is_token:
+        return
+    fields: dict[str, Any] = {"freerouter_model": model}
+    if delta.reasoning:
+        fields["reasoning_content"] = delta.reasoning
+    if not delta.tool_calls:
+        yield _chunk(delta.content, fields)
+        return
+    text = delta.content
+    for call in delta.tool_calls:
+        tool_use = {
+            "index": call.index,
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments},
+        }
+        yield _chunk(text, fields, tool_use)
+        text = ""
+
+
+def fill_response(model_response: ModelResponse, answer: Answer) -> ModelResponse:
+    """Write a whole answer into litellm's response object."""
+    from litellm.types.utils import ChatCompletionMessageToolCall, Function, Message, Usage
+
+    tool_calls = [
+        ChatCompletionMessageToolCall(
+            id=call["id"],
+            type="function",
+            function=Function(
+                name=call["function"]["name"], arguments=call["function"]["arguments"]
+            ),
+        )
+        for call in answer.tool_calls
+    ] or None
+    fields: dict[str, Any] = {"freerouter_model": answer.model}
+    message = Message(
+        content=answer.content if (answer.content or not tool_calls) else None,
+        role="assistant",
+        tool_calls=tool_calls,
+        reasoning_content=answer.reasoning or None,
+        provider_specific_fields=fields,
+    )
+    choice = model_response.choices[0]
+    choice.message = message  # type: ignore[union-attr]
+    choice.finish_reason = answer.finish_reason
+    model_response.created = int(time.time())
+    usage = _usage_block(answer.usage)
+    if usage is not None:
+        model_response.usage = Usage(**usage)  # type: ignore[attr-defined]
+    # The winner's id goes in a field of its own: as ``model`` litellm would price it.
+    model_response.freerouter_model = answer.model  # type: ignore[attr-defined]
+    hidden = getattr(model_response, "_hidden_params", None)
+    if isinstance(hidden, dict):
+        hidden["freerouter_model"] = answer.model
+    return model_response
+
+
+def _translate(exc: BaseException) -> BaseException:
+    if isinstance(exc, FreeRouterError):
+        return to_litellm(exc)
+    if isinstance(exc, TimeoutError):
+        import litellm
+
+        return litellm.Timeout(message=str(exc), model=MODEL, llm_provider=PROVIDER)
+    return exc
+
+
+class FreeRouterLLM(CustomLLM):
+    """``freerouter/auto`` for LiteLLM."""
+
+    def completion(self, model: str, messages: list[Any], api_base: str | None,
+                   custom_prompt_dict: dict[str, Any], model_response: ModelResponse,
+                   print_verbose: Any, encoding: Any, api_key: str | None, logging_obj: Any,
+                   optional_params: dict[str, Any], acompletion: Any = None,
+                   litellm_params: dict[str, Any] | None = None, logger_fn: Any = None,
+                   headers: dict[str, Any] | None = None, timeout: Any = None,
+                   client: Any = None) -> ModelResponse:
+        try:
+            body, settings = prepare(messages, optional_params, litellm_params,
+                                     api_key=api_key, api_base=api_base)
+            answer = engine.call_sync(
+                lambda: _router(settings).complete(body, settings), timeout=_seconds(timeout)
+            )
+        except (FreeRouterError, TimeoutError) as exc:
+            raise _translate(exc) from None
+        return fill_response(model_response, answer)
+
+    async def acompletion(self, model: str, messages: list[Any], api_base: str | None,
+                          custom_prompt_dict: dict[str, Any], model_response: ModelResponse,
+                          print_verbose: Any, encoding: Any, api_key: str | None,
+                          logging_obj: Any, optional_params: dict[str, Any],
+                          acompletion: Any = None, litellm_params: dict[str, Any] | None = None,
+                          logger_fn: Any = None, headers: dict[str, Any] | None = None,
+                          timeout: Any = None, client: Any = None) -> ModelResponse:
+        try:
+            body, settings = prepare(messages, optional_params, litellm_params,
+                                     api_key=api_key, api_base=api_base)
+            answer = await _with_timeout(
+                engine.call_async(lambda: _router(settings).complete(body, settings)),
+                _seconds(timeout),
+            )
+        except (FreeRouterError, TimeoutError) as exc:
+            raise _translate(exc) from None
+        return fill_response(model_response, answer)
+
+    def streaming(self, model: str, messages: list[Any], api_base: str | None,
+                  custom_prompt_dict: dict[str, Any], model_response: ModelResponse,
+                  print_verbose: Any, encoding: Any, api_key: str | None, logging_obj: Any,
+                  optional_params: dict[str, Any], acompletion: Any = None,
+                  litellm_params: dict[str, Any] | None = None, logger_fn: Any = None,
+                  headers: dict[str, Any] | None = None, timeout: Any = None,
+                  client: Any = None) -> Iterator[GenericStreamingChunk]:
+        try:
+            body, settings = prepare(messages, optional_params, litellm_params,
+                                     api_key=api_key, api_base=api_base)
+            yield from engine.stream_sync(
+                lambda: _generic_chunks(body, settings), first_item_timeout=_seconds(timeout)
+            )
+        except (FreeRouterError, TimeoutError) as exc:
+            raise _translate(exc) from None
+
+    async def astreaming(self, model: str, messages: list[Any], api_base: str | None,
+                         custom_prompt_dict: dict[str, Any], model_response: ModelResponse,
+                         print_verbose: Any, encoding: Any, api_key: str | None,
+                         logging_obj: Any, optional_params: dict[str, Any],
+                         acompletion: Any = None, litellm_params: dict[str, Any] | None = None,
+                         logger_fn: Any = None, headers: dict[str, Any] | None = None,
+                         timeout: Any = None, client: Any = None
+                         ) -> AsyncIterator[GenericStreamingChunk]:
+        try:
+            body, settings = prepare(messages, optional_params, litellm_params,
+                                     api_key=api_key, api_base=api_base)
+            stream = engine.stream_async(lambda: _generic_chunks(body, settings))
+            try:
+                first = await _with_timeout(stream.__anext__(), _seconds(timeout))
+            except StopAsyncIteration:
+                return
+            yield first
+            async for chunk in stream:
+                yield chunk
+        except (FreeRouterError, TimeoutError) as exc:
+            raise _translate(exc) from None
+
+
+def _seconds(timeout: Any) -> float | None:
+    """litellm's ``timeout`` (a number, or an httpx.Timeout) as seconds to a first answer."""
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
+        return float(timeout)
+    read = getattr(timeout, "read", None)
+    if isinstance(read, (int, float)) and read > 0:
+        return float(read)
+    return None
+
+
+async def _with_timeout(awaitable: Any, seconds: float | None) -> Any:
+    if seconds is None:
+        return await awaitable
+    try:
+        return await asyncio.wait_for(awaitable, seconds)
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"no answer within the caller's timeout of {seconds:g} s") from None
+
+
+handler = FreeRouterLLM()
+_registered = threading.Lock()
+
+
+def register() -> None:
+    """Make ``freerouter/auto`` known to litellm; safe to call any number of times."""
+    import litellm
+
+    with _registered:
+        providers = litellm.custom_provider_map
+        if not any(entry.get("provider") == PROVIDER for entry in providers):
+            providers.append({"provider": PROVIDER, "custom_handler": handler})
+        from litellm.utils import custom_llm_setup
+
+        custom_llm_setup()
+        if MODEL_NAME not in litellm.model_cost:
+            litellm.register_model({MODEL_NAME: dict(MODEL_INFO)})

@@ -1,0 +1,351 @@
+"""Starting, judging and cancelling contenders: Happy Eyeballs for free models.
+
+A :class:`Contender` is one streaming POST to one model.  :func:`race` starts contenders, keeps
+up to ``width`` of them in flight (replacing each one that fails at once, so a quick failure
+never makes the caller wait for the slow ones), and hands out the first that delivers a real
+token.  Every other contender is cancelled and its connection closed before ``race`` returns;
+the winner's stream is read by the caller afterwards, outside any task set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from .catalog import FreeModel
+from .errors import Failure, StreamStalled, UpstreamError, classify, classify_error_chunk
+from .sse import Delta, SSEDecoder, is_done, parse_data
+
+log = logging.getLogger("litellm_freerouter")
+
+# How long cleanup may take before we stop waiting for it (a cancelled contender only has to
+# close a socket).
+CLEANUP_TIMEOUT = 2.0
+# At most this much of an error body is read, so a hostile upstream cannot exhaust memory.
+MAX_ERROR_BODY = 64 * 1024
+
+
+def _json_default(value: Any) -> Any:
+    dump = getattr(value, "model_dump", None) or getattr(value, "dict", None)
+    if callable(dump):
+        return dump()
+    raise TypeError(f"cannot send a {type(value).__name__} to OpenRouter")
+
+
+def encode_body(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, default=_json_default, ensure_ascii=False).encode()
+
+
+class Contender:
+    """One model's attempt at one request."""
+
+    def __init__(
+        self,
+        model: FreeModel,
+        *,
+        session: aiohttp.ClientSession,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        started: float,
+        idle_timeout: float | None,
+    ) -> None:
+        if not model.id.endswith(":free"):  # the last guard: never call a paid model
+            raise ValueError(f"refusing to call {model.id!r}: it is not a free model")
+        self.model = model
+        self._session = session
+        self._url = url
+        self._headers = headers
+        self._body = body
+        self.started = started
+        self.first_token_at: float | None = None
+        self._idle_timeout = idle_timeout
+        self._response: aiohttp.ClientResponse | None = None
+        self._decoder = SSEDecoder()
+        self._ready: list[Delta] = []  # decoded, not yet handed out
+        self._pending: deque[str] = deque()  # event payloads, not yet decoded
+        self._eof = False
+        self.finished_cleanly = False
+
+    @property
+    def id(self) -> str:
+        return self.model.id
+
+    def fail(self, kind: str, message: str, scope: str = "model") -> UpstreamError:
+        return UpstreamError(Failure(kind, scope, message, self.id))  # type: ignore[arg-type]
+
+    async def until_first_token(self) -> None:
+        """Connect and read until a real token arrives; raises UpstreamError on any failure."""
+        try:
+            await self._connect()
+            while True:
+                delta = await self._next_delta()
+                if delta is None:
+                    raise self.fail("empty", "the stream ended without any content")
+                self._ready.append(delta)
+                if delta.is_token:
+                    self.first_token_at = asyncio.get_running_loop().time()
+                    return
+        except BaseException:
+            self.close()
+            raise
+
+    async def _connect(self) -> None:
+        try:
+            response = await self._session.post(
+                self._url, data=self._body, headers=self._headers
+            )
+        except asyncio.TimeoutError:
+            raise self.fail("network", "timed out connecting to OpenRouter") from None
+        except aiohttp.ClientError as exc:
+            raise self.fail("network", f"cannot reach OpenRouter: {exc}") from None
+        self._response = response
+        if response.status != 200:
+            raw = await self._read_error_body(response)
+            try:
+                body: Any = json.loads(raw)
+            except ValueError:
+                body = raw.decode("utf-8", errors="replace")[:500]
+            raise UpstreamError(
+                classify(response.status, body, dict(response.headers), model=self.id)
+            )
+
+    async def _read_error_body(self, response: aiohttp.ClientResponse) -> bytes:
+        try:
+            return await asyncio.wait_for(response.content.read(MAX_ERROR_BODY), 10)
+        except (asyncio.TimeoutError, aiohttp.ClientError):
+            return b""
+
+    async def _next_delta(self) -> Delta | None:
+        """The next meaningful chunk; None at the end of the stream."""
+        while True:
+            while self._pending:
+                raw = self._pending.popleft()
+                if is_done(raw):
+                    self._eof = self.finished_cleanly = True
+                    self._pending.clear()
+                    return None
+                delta = parse_data(raw)
+                if delta is None:
+                    log.debug("%s: skipped an event that is not a chunk", self.id)
+                    continue
+                if delta.error is not None:
+                    raise UpstreamError(classify_error_chunk(delta.error, model=self.id))
+                if delta.is_token or delta.finish_reason or delta.usage:
+                    return delta
+            response = self._response
+            if self._eof or response is None:
+                return None
+            try:
+                data = await response.content.readany()
+            except (aiohttp.ClientError, ConnectionError) as exc:
+                raise self.fail("network", f"connection lost mid-stream: {exc!r}") from None
+            if data:
+                self._pending.extend(self._decoder.feed(data))
+            else:
+                self._eof = True
+                self._pending.extend(self._decoder.flush())
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        """The winner's whole answer: what arrived before it won, then the rest as it comes."""
+        buffered, self._ready = self._ready, []
+        for delta in buffered:
+            yield delta
+        loop = asyncio.get_running_loop()
+        while True:
+            watchdog = _Watchdog(loop, self._idle_timeout, self.close)
+            try:
+                delta = await self._next_delta()
+            except UpstreamError:
+                if watchdog.fired:
+                    raise self._stalled() from None
+                raise
+            finally:
+                watchdog.cancel()
+            if delta is None:
+                if watchdog.fired:
+                    raise self._stalled()
+                return
+            yield delta
+
+    def _stalled(self) -> StreamStalled:
+        seconds = self._idle_timeout or 0
+        return StreamStalled(
+            Failure(
+                "stalled",
+                "model",
+                f"{self.id} sent nothing for {seconds:g} s after it had started answering"
+                " (FREEROUTER_IDLE_TIMEOUT)",
+                self.id,
+            )
+        )
+
+    def close(self) -> None:
+        """Drop the connection at once (it is never reused mid-stream)."""
+        response, self._response = self._response, None
+        if response is not None:
+            if self.finished_cleanly:
+                response.release()
+            else:
+                response.close()
+
+
+class _Watchdog:
+    """Closes the stream if no chunk arrives in time; a timer, not a task per chunk."""
+
+    __slots__ = ("_handle", "fired", "_on_fire")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, timeout: float | None, on_fire: Callable[[], None]
+    ) -> None:
+        self.fired = False
+        self._on_fire = on_fire
+        self._handle = loop.call_later(timeout, self._fire) if timeout else None
+
+    def _fire(self) -> None:
+        self.fired = True
+        self._on_fire()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+
+
+@dataclass(frozen=True, slots=True)
+class RaceOutcome:
+    winner: Contender
+    failures: tuple[Failure, ...]
+    started: int
+
+
+class AccountStop(Exception):
+    """Internal: an account-wide failure ends the race at once."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+async def race(
+    candidates: Sequence[FreeModel],
+    *,
+    make: Callable[[FreeModel, float], Contender],
+    width: int,
+    first_token_timeout: float | None,
+    hedge_after: Callable[[FreeModel], float],
+    on_start: Callable[[Contender], None],
+    on_failure: Callable[[Failure], None],
+) -> RaceOutcome:
+    """Race ``candidates`` in order; returns the first to deliver a token.
+
+    ``hedge_after(model)`` is how long to wait after starting ``model`` before the next one is
+    added while it is still in flight (0 starts ``width`` contenders at once).  A failed
+    contender is replaced at once.  Raises :class:`AccountStop` for account-wide failures and
+    returns failures through ``on_failure`` as they happen; when every candidate failed, raises
+    :class:`UpstreamError` chains are summarised by the caller from ``on_failure``.
+    """
+    loop = asyncio.get_running_loop()
+    queue = list(candidates)
+    running: dict[asyncio.Task[None], Contender] = {}
+    failures: list[Failure] = []
+    next_start_at = loop.time()
+    started = 0
+
+    def start_next() -> None:
+        nonlocal next_start_at, started
+        model = queue.pop(0)
+        now = loop.time()
+        contender = make(model, now)
+        task = loop.create_task(contender.until_first_token(), name=f"freerouter:{model.id}")
+        running[task] = contender
+        started += 1
+        next_start_at = now + hedge_after(model)
+        on_start(contender)
+
+    def record(failure: Failure) -> None:
+        failures.append(failure)
+        on_failure(failure)
+        if failure.scope == "account":
+            raise AccountStop(failure)
+
+    try:
+        while True:
+            now = loop.time()
+            # Keep `width` in flight; a hedged race adds one only when its time has come, or
+            # when nothing is in flight at all.
+            while queue and len(running) < width and (not running or now >= next_start_at):
+                start_next()
+            if not running:
+                raise AllFailed(failures)
+            deadlines = [
+                c.started + first_token_timeout
+                for c in running.values()
+                if first_token_timeout is not None
+            ]
+            if queue and len(running) < width:
+                deadlines.append(next_start_at)
+            wait = max(0.0, min(deadlines) - now) if deadlines else None
+            done, _ = await asyncio.wait(
+                running, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+            )
+            winners: list[Contender] = []
+            for task in done:
+                contender = running.pop(task)
+                exc = task.exception()
+                if exc is None:
+                    winners.append(contender)
+                elif isinstance(exc, UpstreamError):
+                    record(exc.failure)
+                else:
+                    record(Failure("network", "model", f"{type(exc).__name__}: {exc}", contender.id))
+            if winners:
+                winners.sort(key=lambda c: c.first_token_at or 0.0)
+                for extra in winners[1:]:
+                    extra.close()
+                return RaceOutcome(winners[0], tuple(failures), started)
+            if first_token_timeout is not None:
+                now = loop.time()
+                for task, contender in list(running.items()):
+                    if now >= contender.started + first_token_timeout:
+                        running.pop(task)
+                        task.cancel()
+                        await _settle({task})
+                        record(
+                            Failure(
+                                "slow",
+                                "model",
+                                f"no first token within {first_token_timeout:g} s"
+                                " (FREEROUTER_FIRST_TOKEN_TIMEOUT)",
+                                contender.id,
+                            )
+                        )
+    finally:
+        for task in running:
+            task.cancel()
+        await _settle(set(running))
+
+
+class AllFailed(Exception):
+    def __init__(self, failures: Sequence[Failure]) -> None:
+        super().__init__(f"{len(failures)} failures")
+        self.failures = tuple(failures)
+
+
+async def _settle(tasks: set[asyncio.Task[None]]) -> None:
+    """Wait (bounded) for cancelled contenders to close their connections; never swallow our own
+    cancellation."""
+    if not tasks:
+        return
+    done, pending = await asyncio.wait(tasks, timeout=CLEANUP_TIMEOUT)
+    for task in done:
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log it as never retrieved
+    for task in pending:
+        log.warning("contender %s did not stop within %.0f s", task.get_name(), CLEANUP_TIMEOUT)

@@ -1,0 +1,387 @@
+"""One request from start to finish: pick the candidates, race them, stream the winner.
+
+A :class:`Router` exists per (endpoint, key) and lives on the engine's loop: it owns the
+catalogue and the health record, and turns each failure into the right consequence (cool the
+model, skip it for this request, or stop the request for the whole account).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from . import events
+from .catalog import Catalog, FreeModel, parse_models, seed_order
+from .config import APP_TITLE, APP_URL, Settings
+from .errors import (
+    AllModelsFailed,
+    CatalogUnavailable,
+    Failure,
+    NoModelAvailable,
+    UpstreamError,
+    account_message,
+)
+from .health import Health
+from .race import AccountStop, AllFailed, Contender, encode_body, race
+from .requirements import capable, requirements_of
+from .sse import Delta
+
+log = logging.getLogger("litellm_freerouter")
+
+_request_ids = itertools.count(1)
+STICKY_SLACK = 1.5  # a conversation keeps its last winner while it is within 1.5x of the best
+STICKY_MAX = 256
+
+
+@dataclass(slots=True)
+class Answer:
+    """A whole non-streamed answer, assembled from the winner's deltas."""
+
+    model: str
+    content: str = ""
+    reasoning: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    finish_reason: str = "stop"
+    usage: dict[str, int] | None = None
+
+
+def conversation_key(messages: Sequence[Any]) -> str | None:
+    """Identify a conversation by its opening (system and first user message)."""
+    opening = [
+        m.get("content")
+        for m in messages[:3]
+        if isinstance(m, Mapping) and m.get("role") in ("system", "user")
+    ][:2]
+    if not opening:
+        return None
+    raw = json.dumps(opening, default=str, sort_keys=True)
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def cooldown_for(failure: Failure, settings: Settings) -> float | None:
+    """How long a model-wide failure keeps the model out; None: it stays in."""
+    if failure.scope != "model":
+        return None
+    base = {
+        "rate_limited": settings.cooldown_rate_limit,
+        "server": settings.cooldown_rate_limit,
+        "network": settings.cooldown_rate_limit,
+        "rejected": settings.cooldown_rejected,
+        "gone": max(settings.cooldown_rejected, settings.refresh_interval),
+        "slow": settings.cooldown_slow,
+        "empty": settings.cooldown_slow,
+        "stalled": settings.cooldown_slow,
+    }.get(failure.kind, settings.cooldown_rate_limit)
+    return max(base, failure.retry_after or 0.0)
+
+
+class Router:
+    def __init__(
+        self,
+        api_base: str,
+        *,
+        session: Callable[[], aiohttp.ClientSession],
+        refresh_interval: float,
+        health: Health | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.api_base = api_base.rstrip("/")
+        self._session = session
+        self.health = health or Health()
+        self.catalog = Catalog(self._fetch_models, refresh_interval=refresh_interval)
+        self._rng = rng or random.Random()
+        self._sticky: OrderedDict[str, str] = OrderedDict()
+        self._narrowed_notice = False
+        self._quota_task: asyncio.Task[None] | None = None
+
+    # --- upstream reads ------------------------------------------------------------------------
+
+    async def _fetch_models(self) -> list[FreeModel]:
+        url = f"{self.api_base}/models"
+        timeout = aiohttp.ClientTimeout(total=30)
+        try:
+            async with self._session().get(url, timeout=timeout) as response:
+                if response.status != 200:
+                    raise CatalogUnavailable(f"GET {url} answered {response.status}")
+                payload = await response.json(content_type=None)
+        except aiohttp.ClientError as exc:
+            raise CatalogUnavailable(f"cannot reach {url}: {exc}") from None
+        except asyncio.TimeoutError:
+            raise CatalogUnavailable(f"GET {url} timed out") from None
+        return seed_order(parse_models(payload))
+
+    async def read_quota(self, api_key: str) -> dict[str, Any] | None:
+        """The key's limits from /key (``None`` where the endpoint says nothing useful)."""
+        headers = {"Authorization": f"Bearer {api_key}"}
+        timeout = aiohttp.ClientTimeout(total=15)
+        try:
+            async with self._session().get(
+                f"{self.api_base}/key", headers=headers, timeout=timeout
+            ) as response:
+                if response.status != 200:
+                    return None
+                payload = await response.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return None
+        data = payload.get("data") if isinstance(payload, Mapping) else None
+        if not isinstance(data, Mapping):
+            return None
+        daily = data.get("free_model_daily_requests")
+        if isinstance(daily, Mapping):
+            limit, remaining = daily.get("limit"), daily.get("remaining")
+            if isinstance(limit, int) and isinstance(remaining, int):
+                self.health.set_quota(limit, remaining)
+                log.info("free daily quota: %d of %d requests left", remaining, limit)
+        return dict(data)
+
+    def _watch_quota(self, api_key: str) -> None:
+        if self._quota_task is None or (
+            self._quota_task.done() and self.catalog.stale()
+        ):
+            self._quota_task = asyncio.get_running_loop().create_task(
+                self._quota_once(api_key), name="freerouter-quota"
+            )
+
+    async def _quota_once(self, api_key: str) -> None:
+        await self.read_quota(api_key)
+
+    async def aclose(self) -> None:
+        await self.catalog.aclose()
+        task, self._quota_task = self._quota_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=2)
+
+    # --- ranking -------------------------------------------------------------------------------
+
+    def rank(
+        self, models: Sequence[FreeModel], settings: Settings, conversation: str | None, width: int
+    ) -> list[FreeModel]:
+        """Best expected first-token time first; some exploration; the conversation's winner."""
+        position = {m.id: i for i, m in enumerate(models)}
+        ordered = sorted(
+            models, key=lambda m: (self.health.stats(m.id).score(), position[m.id])
+        )
+        unmeasured = [m for m in ordered[width:] if not self.health.stats(m.id).measured]
+        if unmeasured and settings.explore and self._rng.random() < settings.explore:
+            pick = self._rng.choice(unmeasured)
+            ordered.remove(pick)
+            ordered.insert(max(0, min(width, len(ordered)) - 1), pick)
+        if conversation is not None:
+            last = self._sticky.get(conversation)
+            if last is not None and ordered and ordered[0].id != last:
+                best = self.health.stats(ordered[0].id).score()
+                for i, model in enumerate(ordered):
+                    if model.id == last:
+                        if self.health.stats(last).score() <= best * STICKY_SLACK:
+                            ordered.insert(0, ordered.pop(i))
+                        break
+        return ordered
+
+    def _remember(self, conversation: str | None, model: str) -> None:
+        if conversation is None:
+            return
+        self._sticky[conversation] = model
+        self._sticky.move_to_end(conversation)
+        while len(self._sticky) > STICKY_MAX:
+            self._sticky.popitem(last=False)
+
+    def hedge_after(self, model: FreeModel, settings: Settings) -> float:
+        if settings.hedge_delay != "auto":
+            return float(settings.hedge_delay)
+        stats = self.health.stats(model.id)
+        usual = stats.quantile(0.9) if len(stats.ttft) >= 3 else None
+        if usual is None:
+            usual = stats.expected_ttft() * 1.5
+        ceiling = settings.first_token_timeout or 60.0
+        return min(max(usual, 0.05), ceiling)
+
+    # --- one request ---------------------------------------------------------------------------
+
+    def _account_stop(self, failure: Failure) -> UpstreamError:
+        return UpstreamError(
+            Failure(failure.kind, "account", account_message(failure), failure.model,
+                    failure.status, failure.retry_after, failure.reset_at)
+        )
+
+    def _handle_failure(self, failure: Failure, settings: Settings, request_id: str) -> None:
+        cooldown = cooldown_for(failure, settings)
+        if failure.scope == "model":
+            self.health.record_failure(failure.model or "")
+            if cooldown:
+                self.health.cool(failure.model or "", cooldown, failure.kind)
+        elif failure.scope == "account":
+            if failure.kind == "daily_quota":
+                self.health.block_account(failure, failure.reset_at or time.time() + 3600)
+                self.health.set_quota(self.health.quota.limit, 0)
+            elif failure.kind == "minute_limit":
+                self.health.block_account(
+                    failure, self.health.clock() + (failure.retry_after or 60.0)
+                )
+        events.emit(
+            events.ContenderFailed(
+                request_id, failure.model or "?", failure.kind, failure.scope,
+                failure.message[:200], cooldown,
+            )
+        )
+
+    async def candidates(self, body: Mapping[str, Any], settings: Settings) -> list[FreeModel]:
+        """The free models that can serve ``body`` and are not cooling down, best first."""
+        blocked = self.health.account_block()
+        if blocked is not None:
+            raise self._account_stop(blocked)
+        self.catalog.refresh_interval = settings.refresh_interval
+        models = await self.catalog.get()
+        able = capable(models, requirements_of(body))
+        ready = [m for m in able if self.health.ready(m.id)]
+        if not ready:
+            wait = self.health.next_ready_in(m.id for m in able)
+            first = f"; the first returns in {wait:.0f} s" if wait is not None else ""
+            raise NoModelAvailable(
+                f"all {len(able)} free models that can serve this request are cooling down"
+                f" after recent failures{first}",
+                cooling=len(able),
+                next_ready_in=wait,
+            )
+        return ready
+
+    def _width(self, settings: Settings) -> int:
+        width = settings.race_width
+        remaining = self.health.quota_remaining()
+        if remaining is not None and remaining < settings.quota_reserve and width > 1:
+            if not self._narrowed_notice:
+                self._narrowed_notice = True
+                events.emit(
+                    events.AccountNotice(
+                        f"only {remaining} free requests left today (reserve"
+                        f" {settings.quota_reserve}): racing one model at a time"
+                    )
+                )
+            return 1
+        return width
+
+    async def stream(
+        self, body: dict[str, Any], settings: Settings
+    ) -> AsyncIterator[tuple[str, Delta]]:
+        """Race for ``body`` and yield (winning model, delta) until the answer ends."""
+        api_key = settings.require_key()
+        request_id = f"fr{next(_request_ids)}"
+        ordered_ready = await self.candidates(body, settings)
+        self._watch_quota(api_key)
+        width = self._width(settings)
+        conversation = conversation_key(body.get("messages") or [])
+        ordered = self.rank(ordered_ready, settings, conversation, width)
+        loop = asyncio.get_running_loop()
+        race_start = loop.time()
+        headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+            "HTTP-Referer": APP_URL,
+            "X-OpenRouter-Title": APP_TITLE,
+            "X-Title": APP_TITLE,
+        }
+        url = f"{self.api_base}/chat/completions"
+        session = self._session()
+
+        def make(model: FreeModel, now: float) -> Contender:
+            payload = dict(body, model=model.id, stream=True)
+            return Contender(
+                model, session=session, url=url, headers=headers, body=encode_body(payload),
+                started=now, idle_timeout=settings.idle_timeout,
+            )
+
+        def on_start(contender: Contender) -> None:
+            self.health.record_attempt(contender.id)
+            self.health.spend()
+            events.emit(
+                events.ContenderStarted(request_id, contender.id, loop.time() - race_start)
+            )
+
+        events.emit(
+            events.RaceStarted(
+                request_id, tuple(m.id for m in ordered[:width]), len(ordered)
+            )
+        )
+        try:
+            outcome = await race(
+                ordered,
+                make=make,
+                width=width,
+                first_token_timeout=settings.first_token_timeout,
+                hedge_after=lambda m: self.hedge_after(m, settings),
+                on_start=on_start,
+                on_failure=lambda f: self._handle_failure(f, settings, request_id),
+            )
+        except AccountStop as stop:
+            raise self._account_stop(stop.failure) from None
+        except AllFailed as failed:
+            raise AllModelsFailed(failed.failures) from None
+
+        winner = outcome.winner
+        first_token = (winner.first_token_at or loop.time()) - winner.started
+        self.health.record_first_token(winner.id, first_token)
+        self._remember(conversation, winner.id)
+        events.emit(
+            events.Winner(
+                request_id, winner.id, (winner.first_token_at or race_start) - race_start,
+                outcome.started,
+            )
+        )
+        ok = False
+        error: str | None = None
+        try:
+            async for delta in winner.deltas():
+                yield winner.id, delta
+            ok = True
+        except UpstreamError as exc:
+            error = str(exc)
+            self._handle_failure(exc.failure, settings, request_id)
+            raise
+        finally:
+            winner.close()
+            events.emit(
+                events.Finished(request_id, winner.id, ok, loop.time() - race_start, error)
+            )
+
+    async def complete(self, body: dict[str, Any], settings: Settings) -> Answer:
+        """The whole answer at once (the race still streams, to win on the first token)."""
+        answer: Answer | None = None
+        calls: dict[int, dict[str, Any]] = {}
+        async for model, delta in self.stream(body, settings):
+            if answer is None:
+                answer = Answer(model=model)
+            answer.content += delta.content
+            answer.reasoning += delta.reasoning
+            for call in delta.tool_calls:
+                slot = calls.setdefault(
+                    call.index,
+                    {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+                )
+                if call.id:
+                    slot["id"] = call.id
+                if call.name:
+                    slot["function"]["name"] += call.name
+                slot["function"]["arguments"] += call.arguments
+            if delta.finish_reason:
+                answer.finish_reason = delta.finish_reason
+            if delta.usage:
+                answer.usage = delta.usage
+        assert answer is not None  # a race only returns a winner that produced a token
+        answer.tool_calls = [calls[i] for i in sorted(calls)]
+        for i, call in enumerate(answer.tool_calls):
+            call["id"] = call["id"] or f"call_{i}"
+        if answer.tool_calls and answer.finish_reason == "stop":
+            answer.finish_reason = "tool_calls"
+        return answer
