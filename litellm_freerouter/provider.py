@@ -31,6 +31,8 @@ MODEL_INFO: dict[str, Any] = {
     "max_output_tokens": MAX_OUTPUT_TOKENS,
     "input_cost_per_token": 0.0,
     "output_cost_per_token": 0.0,
+    "cache_creation_input_token_cost": 0.0,
+    "cache_read_input_token_cost": 0.0,
     "litellm_provider": PROVIDER,
     "mode": "chat",
     "supports_function_calling": True,

@@ -897,3 +897,63 @@ def demo_models() -> list[ModelScript]:
             provider_name="Mistral",
         ),
     ]
+
+
+def _load_scripts(path: str) -> list[ModelScript]:
+    import json
+
+    with open(path, encoding="utf-8") as handle:
+        raw = json.load(handle)
+    scripts = []
+    for entry in raw:
+        values = dict(entry)
+        for name in ("supported_parameters", "input_modalities", "reasoning", "chunks",
+                     "tool_calls"):
+            if name in values and isinstance(values[name], list):
+                values[name] = tuple(values[name])
+        scripts.append(ModelScript(**values))
+    return scripts
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Serve a simulator from its own process: ``python -m litellm_freerouter.simulator``.
+
+    Prints ``READY <api_base>`` on one line once it listens, then serves until killed.  Used by
+    the end-to-end tests (aider, the proxy) and the benchmark, which need an upstream in
+    another process.
+    """
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(prog="python -m litellm_freerouter.simulator")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--models", default="demo",
+                        help="'demo', or a JSON file: a list of ModelScript fields")
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--daily-quota", type=int, default=None)
+    parser.add_argument("--time-scale", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    scripts = demo_models() if args.models == "demo" else _load_scripts(args.models)
+    simulator = Simulator(
+        scripts, daily_quota=args.daily_quota, api_key=args.api_key, time_scale=args.time_scale
+    )
+
+    async def serve() -> None:
+        runner = web.AppRunner(simulator.app(), handler_cancellation=True, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", args.port)
+        await site.start()
+        port = int(runner.addresses[0][1])
+        print(f"READY http://127.0.0.1:{port}/api/v1", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
