@@ -72,7 +72,8 @@ class UpstreamError(FreeRouterError):
     """One model's failure, carried as an exception out of its contender task."""
 
     def __init__(self, failure: Failure) -> None:
-        super().__init__(failure.message)
+        named = failure.model and failure.scope != "account" and failure.model not in failure.message
+        super().__init__(f"{failure.model}: {failure.message}" if named else failure.message)
         self.failure = failure
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -256,27 +257,44 @@ class FreeRouterLLM(CustomLLM):
                   litellm_params: dict[str, Any] | None = None, logger_fn: Any = None,
                   headers: dict[str, Any] | None = None, timeout: Any = None,
                   client: Any = None) -> Iterator[GenericStreamingChunk]:
-        try:
-            body, settings = prepare(messages, optional_params, litellm_params,
-                                     api_key=api_key, api_base=api_base)
-            yield from engine.stream_sync(
-                lambda: _generic_chunks(body, settings), first_item_timeout=_seconds(timeout)
-            )
-        except (FreeRouterError, TimeoutError) as exc:
-            raise _translate(exc) from None
+        return ChunkStream(
+            _sync_chunks(messages, optional_params, litellm_params, api_key, api_base, timeout)
+        )
 
-    async def astreaming(self, model: str, messages: list[Any], api_base: str | None,
-                         custom_prompt_dict: dict[str, Any], model_response: ModelResponse,
-                         print_verbose: Any, encoding: Any, api_key: str | None,
-                         logging_obj: Any, optional_params: dict[str, Any],
-                         acompletion: Any = None, litellm_params: dict[str, Any] | None = None,
-                         logger_fn: Any = None, headers: dict[str, Any] | None = None,
-                         timeout: Any = None, client: Any = None
-                         ) -> AsyncIterator[GenericStreamingChunk]:
+    def astreaming(  # type: ignore[override]
+        self, model: str, messages: list[Any], api_base: str | None,
+        custom_prompt_dict: dict[str, Any], model_response: ModelResponse, print_verbose: Any,
+        encoding: Any, api_key: str | None, logging_obj: Any, optional_params: dict[str, Any],
+        acompletion: Any = None, litellm_params: dict[str, Any] | None = None,
+        logger_fn: Any = None, headers: dict[str, Any] | None = None, timeout: Any = None,
+        client: Any = None,
+    ) -> AsyncIterator[GenericStreamingChunk]:
+        # litellm iterates what this returns without awaiting it: an async iterator object.
+        return AsyncChunkStream(
+            _async_chunks(messages, optional_params, litellm_params, api_key, api_base, timeout)
+        )
+
+
+def _sync_chunks(messages: Any, optional_params: Any, litellm_params: Any, api_key: str | None,
+                 api_base: str | None, timeout: Any) -> Iterator[GenericStreamingChunk]:
+    try:
+        body, settings = prepare(messages, optional_params, litellm_params,
+                                 api_key=api_key, api_base=api_base)
+        yield from engine.stream_sync(
+            lambda: _generic_chunks(body, settings), first_item_timeout=_seconds(timeout)
+        )
+    except (FreeRouterError, TimeoutError) as exc:
+        raise _translate(exc) from None
+
+
+async def _async_chunks(messages: Any, optional_params: Any, litellm_params: Any,
+                        api_key: str | None, api_base: str | None, timeout: Any
+                        ) -> AsyncIterator[GenericStreamingChunk]:
+    try:
+        body, settings = prepare(messages, optional_params, litellm_params,
+                                 api_key=api_key, api_base=api_base)
+        stream = engine.stream_async(lambda: _generic_chunks(body, settings))
         try:
-            body, settings = prepare(messages, optional_params, litellm_params,
-                                     api_key=api_key, api_base=api_base)
-            stream = engine.stream_async(lambda: _generic_chunks(body, settings))
             try:
                 first = await _with_timeout(stream.__anext__(), _seconds(timeout))
             except StopAsyncIteration:
@@ -284,8 +302,88 @@ class FreeRouterLLM(CustomLLM):
             yield first
             async for chunk in stream:
                 yield chunk
-        except (FreeRouterError, TimeoutError) as exc:
-            raise _translate(exc) from None
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+    except (FreeRouterError, TimeoutError) as exc:
+        raise _translate(exc) from None
+
+
+class ChunkStream:
+    """The sync chunk iterator litellm wraps; remembers the winner so that litellm's own
+    closing chunks can carry it too (see :func:`_tag_wrapper_chunks`)."""
+
+    def __init__(self, chunks: Iterator[GenericStreamingChunk]) -> None:
+        self._chunks = chunks
+        self.freerouter_model: str | None = None
+
+    def __iter__(self) -> ChunkStream:
+        return self
+
+    def __next__(self) -> GenericStreamingChunk:
+        chunk = next(self._chunks)
+        self.freerouter_model = _winner_of(chunk) or self.freerouter_model
+        return chunk
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+
+class AsyncChunkStream:
+    def __init__(self, chunks: AsyncIterator[GenericStreamingChunk]) -> None:
+        self._chunks = chunks
+        self.freerouter_model: str | None = None
+
+    def __aiter__(self) -> AsyncChunkStream:
+        return self
+
+    async def __anext__(self) -> GenericStreamingChunk:
+        chunk = await self._chunks.__anext__()
+        self.freerouter_model = _winner_of(chunk) or self.freerouter_model
+        return chunk
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _winner_of(chunk: GenericStreamingChunk) -> str | None:
+    fields = chunk.get("provider_specific_fields") or {}
+    winner = fields.get("freerouter_model")
+    return winner if isinstance(winner, str) and winner else None
+
+
+def _tag_wrapper_chunks() -> None:
+    """Put ``freerouter_model`` on the finish and usage chunks litellm makes up itself.
+
+    litellm's stream wrapper holds back our last chunk and emits chunks of its own; they would
+    lack the winner's id.  Its chunk factory is wrapped to copy the id from our stream, for our
+    streams only: every other provider's chunks are left exactly as they were.
+    """
+    try:
+        from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
+    except ImportError:  # pragma: no cover - a litellm without the wrapper
+        return
+    original = getattr(CustomStreamWrapper, "model_response_creator", None)
+    if original is None or getattr(original, "_freerouter", False):
+        return
+
+    @functools.wraps(original)
+    def model_response_creator(self: Any, *args: Any, **kwargs: Any) -> Any:
+        response = original(self, *args, **kwargs)
+        stream = getattr(self, "completion_stream", None)
+        winner = getattr(stream, "freerouter_model", None)
+        if winner and isinstance(stream, (ChunkStream, AsyncChunkStream)):
+            try:
+                response.freerouter_model = winner
+            except (AttributeError, TypeError, ValueError):
+                pass
+        return response
+
+    model_response_creator._freerouter = True  # type: ignore[attr-defined]
+    CustomStreamWrapper.model_response_creator = model_response_creator
 
 
 def _seconds(timeout: Any) -> float | None:
@@ -322,5 +420,6 @@ def register() -> None:
         from litellm.utils import custom_llm_setup
 
         custom_llm_setup()
+        _tag_wrapper_chunks()
         if MODEL_NAME not in litellm.model_cost:
             litellm.register_model({MODEL_NAME: dict(MODEL_INFO)})

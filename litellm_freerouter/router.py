@@ -174,10 +174,11 @@ class Router:
             models, key=lambda m: (self.health.stats(m.id).score(), position[m.id])
         )
         unmeasured = [m for m in ordered[width:] if not self.health.stats(m.id).measured]
-        if unmeasured and settings.explore and self._rng.random() < settings.explore:
+        # Explore in the last slot of a real race only: the best models still run beside it.
+        if width > 1 and unmeasured and self._rng.random() < settings.explore:
             pick = self._rng.choice(unmeasured)
             ordered.remove(pick)
-            ordered.insert(max(0, min(width, len(ordered)) - 1), pick)
+            ordered.insert(min(width, len(ordered)) - 1, pick)
         if conversation is not None:
             last = self._sticky.get(conversation)
             if last is not None and ordered and ordered[0].id != last:

@@ -1,0 +1,78 @@
+"""Shared fixtures: a clean environment and a fake OpenRouter for every test."""
+
+from __future__ import annotations
+
+import os
+
+# Before litellm is imported anywhere: no cost-map download, no tokenizer download.
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from litellm_freerouter import engine
+from litellm_freerouter.simulator import ModelScript, Simulator, SimulatorThread
+
+KEY = "sk-or-test-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]) -> None:
+    """No test sees the developer's key, endpoint or tunables."""
+    for name in list(os.environ):
+        if name.startswith(("FREEROUTER_", "OPENROUTER_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("FREEROUTER_STATE_DIR", str(tmp_path / "state"))
+    # Exploration reorders candidates at random; the tests that pin it turn it back on.
+    monkeypatch.setenv("FREEROUTER_EXPLORE", "0")
+
+
+@dataclass
+class Upstream:
+    sim: Simulator
+    url: str
+
+    def wait_idle(self, timeout: float = 5.0) -> None:
+        """Block until every upstream stream has ended (AssertionError otherwise)."""
+        thread = self._thread
+        thread.call(lambda: self.sim.wait_idle(timeout))
+
+    _thread: SimulatorThread
+
+
+@pytest.fixture
+def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[Upstream]:
+    """A fake OpenRouter in its own thread (sync callers block the test's loop), wired in
+    through the environment like a user's setup."""
+    sim = Simulator([], api_key=KEY)
+    with SimulatorThread(sim) as thread:
+        monkeypatch.setenv("OPENROUTER_API_KEY", KEY)
+        monkeypatch.setenv("OPENROUTER_API_BASE", thread.url)
+        yield Upstream(sim, thread.url, thread)
+
+
+def engine_tasks() -> list[str]:
+    """Names of the tasks alive on the engine's loop (besides the one asking)."""
+
+    async def names() -> list[str]:
+        me = asyncio.current_task()
+        return sorted(t.get_name() for t in asyncio.all_tasks() if t is not me and not t.done())
+
+    return engine.get_engine().submit(names()).result(5)
+
+
+def request_tasks() -> list[str]:
+    """Engine tasks that belong to a request (the catalogue and quota owners excluded)."""
+    return [
+        n for n in engine_tasks() if not n.startswith(("freerouter-catalog", "freerouter-quota"))
+    ]
+
+
+def fast(model_id: str, text: str = "Hello there", delay: float = 0.0, **kw: object) -> ModelScript:
+    words = text.split(" ")
+    chunks = tuple(w if i == 0 else " " + w for i, w in enumerate(words))
+    return ModelScript(id=model_id, first_token_delay=delay, chunks=chunks, **kw)  # type: ignore[arg-type]

@@ -1,0 +1,367 @@
+"""The race, judged from outside: which models were called, what the caller got, what closed."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import litellm
+import pytest
+
+from litellm_freerouter.simulator import ModelScript
+
+from .conftest import KEY, Upstream, fast, request_tasks
+
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+
+
+def ask(stream: bool = True, **kwargs: Any) -> tuple[str, list[Any]]:
+    """A sync litellm call; returns the text and the chunks (or [response])."""
+    response = litellm.completion(
+        model="freerouter/auto", messages=MESSAGES, stream=stream, **kwargs
+    )
+    if not stream:
+        return response.choices[0].message.content or "", [response]
+    chunks = list(response)
+    return "".join(c.choices[0].delta.content or "" for c in chunks), chunks
+
+
+def test_fastest_first_token_wins_and_losers_are_closed(upstream: Upstream) -> None:
+    """The first model to send a token wins; the others are cancelled and disconnected."""
+    upstream.sim.set_models(
+        [
+            fast("slow/a:free", "too late", delay=2.0),
+            fast("quick/b:free", "Hello from b", delay=0.05),
+            fast("slow/c:free", "also late", delay=2.0),
+        ]
+    )
+    text, chunks = ask()
+    assert text == "Hello from b"
+    assert {c.freerouter_model for c in chunks} == {"quick/b:free"}
+    assert sorted(upstream.sim.called_models()) == ["quick/b:free", "slow/a:free", "slow/c:free"]
+    upstream.wait_idle()
+    assert upstream.sim.closed_by_client == 2
+    assert request_tasks() == []
+
+
+def test_keepalives_and_role_chunks_are_not_tokens(upstream: Upstream) -> None:
+    """Keep-alive comments and an empty role delta do not win; the first real text does."""
+    upstream.sim.set_models(
+        [
+            ModelScript("chatty/a:free", keepalives=5, keepalive_interval=0.01,
+                        first_token_delay=1.0, chunks=("late",)),
+            fast("real/b:free", "real answer", delay=0.2),
+        ]
+    )
+    text, _ = ask()
+    assert text == "real answer"
+
+
+def test_tool_call_delta_is_a_token_and_streams_with_index(upstream: Upstream) -> None:
+    """A tool call wins like text, and reaches the caller as indexed tool-call deltas."""
+    upstream.sim.set_models(
+        [
+            ModelScript(
+                "tools/a:free",
+                chunks=(),
+                tool_calls=({"id": "call_1", "name": "get_weather", "arguments": '{"city": "Oslo"}'},),
+            )
+        ]
+    )
+    response = litellm.completion(
+        model="freerouter/auto", messages=MESSAGES, stream=True,
+        tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
+    )
+    calls: dict[int, dict[str, str]] = {}
+    finish = None
+    for chunk in response:
+        for call in chunk.choices[0].delta.tool_calls or []:
+            slot = calls.setdefault(call.index, {"name": "", "arguments": ""})
+            slot["name"] += call.function.name or ""
+            slot["arguments"] += call.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert calls == {0: {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    assert finish == "tool_calls"
+    body = upstream.sim.requests[0].body
+    assert body["tools"][0]["function"]["name"] == "get_weather"
+
+
+def test_non_streamed_tool_calls_are_assembled(upstream: Upstream) -> None:
+    """A non-streamed answer carries complete tool calls and finish_reason tool_calls."""
+    upstream.sim.set_models(
+        [
+            ModelScript(
+                "tools/a:free", chunks=(),
+                tool_calls=({"id": "call_9", "name": "lookup", "arguments": '{"q": "x y z"}'},),
+            )
+        ]
+    )
+    response = litellm.completion(
+        model="freerouter/auto", messages=MESSAGES,
+        tools=[{"type": "function", "function": {"name": "lookup", "parameters": {}}}],
+    )
+    call = response.choices[0].message.tool_calls[0]
+    assert (call.id, call.function.name, call.function.arguments) == (
+        "call_9", "lookup", '{"q": "x y z"}'
+    )
+    assert response.choices[0].finish_reason == "tool_calls"
+    assert response.freerouter_model == "tools/a:free"
+
+
+def test_failed_batch_moves_on_and_each_model_is_tried_once(upstream: Upstream) -> None:
+    """Failures are replaced by the next candidates; no model is called twice per request."""
+    upstream.sim.set_models(
+        [ModelScript(f"bad/m{i}:free", status=500) for i in range(4)]
+        + [fast("good/z:free", "finally")]
+    )
+    text, chunks = ask(race_width=2)
+    assert text == "finally"
+    called = upstream.sim.called_models()
+    assert sorted(called) == sorted([f"bad/m{i}:free" for i in range(4)] + ["good/z:free"])
+    assert len(set(called)) == len(called)
+
+
+def test_no_token_in_time_cools_the_model_slow(upstream: Upstream) -> None:
+    """A contender without a token within first_token_timeout is dropped and cooled."""
+    upstream.sim.set_models(
+        [
+            ModelScript("stuck/a:free", context_length=1000, stall_before_first_token=True),
+            fast("fine/b:free", "made it", context_length=2000),
+        ]
+    )
+    text, _ = ask(race_width=1, first_token_timeout=0.3, cooldown_slow=60)
+    assert text == "made it"
+    assert upstream.sim.called_models() == ["stuck/a:free", "fine/b:free"]
+    upstream.wait_idle()
+    # The cooled model is not called by the next request.
+    ask(race_width=1, first_token_timeout=0.3)
+    assert upstream.sim.called_models()[-1] == "fine/b:free"
+    assert upstream.sim.calls_for("stuck/a:free") == 1
+
+
+def test_idle_after_first_token_raises_timeout_naming_model(upstream: Upstream) -> None:
+    """A winner that goes quiet is aborted and the caller gets litellm.Timeout with its id."""
+    upstream.sim.set_models(
+        [ModelScript("stall/a:free", chunks=("one", " two", " three"), stall_after_chunks=2)]
+    )
+    with pytest.raises(litellm.Timeout, match="stall/a:free"):
+        ask(idle_timeout=0.3)
+    upstream.wait_idle()
+    assert upstream.sim.closed_by_client == 1
+    assert request_tasks() == []
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "setting"),
+    [
+        (429, "Provider returned error", "cooldown_rate_limit"),
+        (503, "Service unavailable", "cooldown_rate_limit"),
+        (400, "Invalid request", "cooldown_rejected"),
+        (422, "Unprocessable", "cooldown_rejected"),
+    ],
+)
+def test_failures_cool_the_model_for_their_setting(
+    upstream: Upstream, status: int, message: str, setting: str
+) -> None:
+    """Each failure class keeps the model out for its own cooldown; the others are untouched."""
+    upstream.sim.set_models(
+        [
+            ModelScript("bad/a:free", context_length=1000, status=status, error_message=message),
+            fast("good/b:free", "ok", context_length=2000, delay=0.3),
+        ]
+    )
+    cooldowns = {"cooldown_rate_limit": 1000, "cooldown_rejected": 1000}
+    cooldowns[setting] = 600
+    ask(**cooldowns)
+    ask(**cooldowns)
+    assert upstream.sim.calls_for("bad/a:free") == 1
+    assert upstream.sim.calls_for("good/b:free") == 2
+    from litellm_freerouter.provider import _router
+    from litellm_freerouter.config import load_settings
+
+    health = _router(load_settings()).health
+    assert 590 < health.cooling_for("bad/a:free") <= 600
+
+
+def test_error_chunk_inside_200_counts_by_its_code(upstream: Upstream) -> None:
+    """An error event before the first token fails that contender like the same HTTP status."""
+    upstream.sim.set_models(
+        [
+            ModelScript("oops/a:free", context_length=1000, chunks=("x",), error_chunk_after=0,
+                        error_code=429, error_message="Rate limit exceeded upstream"),
+            fast("good/b:free", "fine", context_length=2000, delay=0.2),
+        ]
+    )
+    text, _ = ask()
+    assert text == "fine"
+    ask()
+    assert upstream.sim.calls_for("oops/a:free") == 1
+
+
+def test_error_chunk_after_winning_reaches_the_caller(upstream: Upstream) -> None:
+    """A mid-answer error is raised to the caller as a litellm error, not swallowed."""
+    upstream.sim.set_models(
+        [ModelScript("mid/a:free", chunks=("part", " two", " three"), error_chunk_after=1,
+                     error_code=502, error_message="provider crashed")]
+    )
+    with pytest.raises(litellm.ServiceUnavailableError, match="provider crashed"):
+        ask()
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "error", "says"),
+    [
+        (401, "No auth credentials found", litellm.AuthenticationError, "OPENROUTER_API_KEY"),
+        (402, "Insufficient credits", litellm.BadRequestError, "credits"),
+    ],
+)
+def test_account_errors_stop_the_request_at_once(
+    upstream: Upstream, status: int, message: str, error: type[Exception], says: str
+) -> None:
+    """401 and 402 end the request immediately, say what to fix, and cancel the others."""
+    upstream.sim.set_models(
+        [
+            ModelScript("acct/a:free", context_length=1000, status=status, error_message=message),
+            ModelScript("slow/b:free", context_length=2000, first_token_delay=30),
+        ]
+    )
+    with pytest.raises(error, match=says):
+        ask()
+    upstream.wait_idle()
+    assert upstream.sim.open_streams == 0
+    assert request_tasks() == []
+
+
+def test_all_models_cooling_fails_fast_without_upstream_calls(upstream: Upstream) -> None:
+    """With every model cooling, the next call fails at once, naming counts and the wait."""
+    upstream.sim.set_models([ModelScript(f"rl/m{i}:free", status=429) for i in range(3)])
+    with pytest.raises(litellm.RateLimitError):
+        ask(stream=False, cooldown_rate_limit=120)
+    calls = len(upstream.sim.requests)
+    with pytest.raises(litellm.ServiceUnavailableError, match=r"all 3 free models .* cooling.*returns in 1[12]\d s"):
+        ask()
+    assert len(upstream.sim.requests) == calls
+
+
+def test_paid_models_are_never_called(upstream: Upstream) -> None:
+    """A model with a ':free' id but a price, or a paid model, never receives a request."""
+    upstream.sim.set_models(
+        [
+            ModelScript("cheap/a:free", context_length=10, free=False),
+            ModelScript("paid/b", context_length=20, free=False),
+            fast("free/c:free", "free answer", delay=0.1, context_length=30),
+        ]
+    )
+    text, _ = ask()
+    assert text == "free answer"
+    assert upstream.sim.called_models() == ["free/c:free"]
+
+
+def test_malformed_lines_are_skipped(upstream: Upstream) -> None:
+    """Garbage SSE lines before the first token neither crash nor count as tokens."""
+    upstream.sim.set_models(
+        [ModelScript("messy/a:free", malformed_lines=4, chunks=("clean", " text"))]
+    )
+    text, _ = ask()
+    assert text == "clean text"
+
+
+def test_dropped_connection_before_token_moves_on(upstream: Upstream) -> None:
+    """A connection cut before any token is a failure of that model; the race goes on."""
+    upstream.sim.set_models(
+        [
+            ModelScript("drop/a:free", context_length=1000, drop_after_chunks=0),
+            fast("good/b:free", "survived", context_length=2000, delay=0.2),
+        ]
+    )
+    text, _ = ask()
+    assert text == "survived"
+
+
+def test_dropped_connection_after_token_is_an_error(upstream: Upstream) -> None:
+    """A connection cut mid-answer raises to the caller (never a silently short answer)."""
+    upstream.sim.set_models(
+        [ModelScript("drop/a:free", chunks=("a", " b", " c"), drop_after_chunks=1)]
+    )
+    with pytest.raises(litellm.ServiceUnavailableError, match="drop/a:free"):
+        ask()
+
+
+def test_empty_answer_loses(upstream: Upstream) -> None:
+    """A stream that ends with no content and no tool call is not a win."""
+    upstream.sim.set_models(
+        [
+            ModelScript("empty/a:free", context_length=1000, empty=True),
+            fast("good/b:free", "something", context_length=2000, delay=0.3),
+        ]
+    )
+    text, _ = ask()
+    assert text == "something"
+
+
+def test_reasoning_counts_as_first_token_and_stays_separate(upstream: Upstream) -> None:
+    """A reasoning delta wins the race; reasoning never appears in the answer text."""
+    upstream.sim.set_models(
+        [
+            ModelScript("think/a:free", context_length=1000, reasoning=("Let me", " think"),
+                        first_token_delay=0.05, chunks=("Answer", " here"), chunk_delay=0.3),
+            fast("plain/b:free", "plain", context_length=2000, delay=0.2),
+        ]
+    )
+    text, chunks = ask()
+    assert text == "Answer here"
+    reasoning = "".join(getattr(c, "reasoning_content", None) or "" for c in chunks)
+    assert reasoning == "Let me think"
+    response = litellm.completion(model="freerouter/auto", messages=MESSAGES)
+    assert response.choices[0].message.content == "Answer here"
+
+
+def test_usage_and_winner_on_streams_and_responses(upstream: Upstream) -> None:
+    """Usage arrives on the last chunk; every chunk and the response name the winner."""
+    upstream.sim.set_models([fast("w/a:free", "counted words here", prompt_tokens=7)])
+    _, chunks = ask(stream_options={"include_usage": True})
+    assert all(c.freerouter_model == "w/a:free" for c in chunks)
+    usage = chunks[-1].usage
+    assert (usage.prompt_tokens, usage.completion_tokens) == (7, 3)
+    _, [response] = ask(stream=False)
+    assert response.usage.prompt_tokens == 7
+    assert response.freerouter_model == "w/a:free"
+    assert response.choices[0].finish_reason == "stop"
+
+
+def test_missing_key_is_an_error_at_request_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a key the call fails, naming OPENROUTER_API_KEY; nothing is sent."""
+    monkeypatch.setenv("OPENROUTER_API_BASE", "http://127.0.0.1:9/api/v1")
+    with pytest.raises(litellm.AuthenticationError, match="OPENROUTER_API_KEY"):
+        ask()
+    with pytest.raises(litellm.AuthenticationError, match="OPENROUTER_API_KEY"):
+        ask(stream=False)
+
+
+def test_arguments_beat_the_environment(upstream: Upstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """api_key and api_base arguments override OPENROUTER_API_KEY / OPENROUTER_API_BASE."""
+    upstream.sim.set_models([fast("k/a:free", "keyed")])
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-wrong")
+    monkeypatch.setenv("OPENROUTER_API_BASE", "http://127.0.0.1:9/api/v1")
+    text, _ = ask(api_key=KEY, api_base=upstream.url)
+    assert text == "keyed"
+    assert upstream.sim.requests[0].authorized
+
+
+def test_logs_tell_the_story_and_never_the_key(upstream: Upstream, caplog: pytest.LogCaptureFixture) -> None:
+    """The log has the race, the winner with its time, each cooldown; never the key."""
+    caplog.set_level(logging.DEBUG, logger="litellm_freerouter")
+    upstream.sim.set_models(
+        [
+            ModelScript("rl/a:free", context_length=1000, status=429,
+                        error_message="Provider returned error"),
+            fast("ok/b:free", "fine", context_length=2000, delay=0.1),
+        ]
+    )
+    ask()
+    text = caplog.text
+    assert "racing rl/a:free, ok/b:free" in text
+    assert "winner ok/b:free: first token in" in text
+    assert "dropped rl/a:free: rate_limited" in text and "cooling 90 s" in text
+    assert "free-model list refreshed: 2 models" in text
+    assert KEY not in text
