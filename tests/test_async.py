@@ -1,0 +1,171 @@
+"""The async paths and every way a caller can stop: cancellation closes upstream connections."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import litellm
+import pytest
+from aiohttp.test_utils import TestServer
+
+from litellm_freerouter.simulator import ModelScript, Simulator
+
+from .conftest import KEY, Upstream, fast, request_tasks
+
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+
+
+@pytest.fixture
+async def served(aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Simulator, TestServer]]:
+    """A fake OpenRouter served by pytest-aiohttp on the test's own loop."""
+    sim = Simulator([], api_key=KEY)
+    server = await aiohttp_server(sim.app())  # TestServer cancels handlers on disconnect
+    monkeypatch.setenv("OPENROUTER_API_KEY", KEY)
+    monkeypatch.setenv("OPENROUTER_API_BASE", str(server.make_url("/api/v1")))
+    yield sim, server
+
+
+async def test_async_stream_and_response(served: tuple[Simulator, TestServer]) -> None:
+    """acompletion streams and answers whole, naming the winner, on the caller's loop."""
+    sim, _ = served
+    sim.set_models([fast("slow/a:free", "late", delay=1.0), fast("fast/b:free", "async hello")])
+    stream = await litellm.acompletion(model="freerouter/auto", messages=MESSAGES, stream=True)
+    chunks = [c async for c in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "async hello"
+    assert {c.freerouter_model for c in chunks} == {"fast/b:free"}
+    response = await litellm.acompletion(model="freerouter/auto", messages=MESSAGES)
+    assert response.choices[0].message.content == "async hello"
+    assert response.freerouter_model == "fast/b:free"
+    await sim.wait_idle()
+
+
+async def test_concurrent_async_requests(served: tuple[Simulator, TestServer]) -> None:
+    """Many concurrent acompletion streams each get their whole answer."""
+    sim, _ = served
+    sim.set_models([fast("a/a:free", "one two three four", delay=0.05)])
+
+    async def one(i: int) -> str:
+        stream = await litellm.acompletion(
+            model="freerouter/auto", messages=[{"role": "user", "content": f"n{i}"}], stream=True
+        )
+        return "".join([c.choices[0].delta.content or "" async for c in stream])
+
+    answers = await asyncio.gather(*(one(i) for i in range(20)))
+    assert answers == ["one two three four"] * 20
+    await sim.wait_idle()
+
+
+async def test_breaking_out_of_async_stream_closes_upstream(served: tuple[Simulator, TestServer]) -> None:
+    """Closing an async stream after the first chunk disconnects the winner at once."""
+    sim, _ = served
+    sim.set_models([ModelScript("long/a:free", chunks=tuple(f" w{i}" for i in range(200)),
+                                chunk_delay=0.05)])
+    stream = await litellm.acompletion(model="freerouter/auto", messages=MESSAGES, stream=True)
+    async for _ in stream:
+        break
+    await stream.aclose() if hasattr(stream, "aclose") else await stream.completion_stream.aclose()
+    await sim.wait_idle(3)
+    assert sim.closed_by_client == 1
+    assert request_tasks() == []
+
+
+async def test_caller_timeout_cancels_the_race(served: tuple[Simulator, TestServer]) -> None:
+    """asyncio.wait_for around acompletion cancels every contender and closes them."""
+    sim, _ = served
+    sim.set_models([ModelScript(f"stall/{i}:free", stall_before_first_token=True) for i in range(3)])
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(litellm.acompletion(model="freerouter/auto", messages=MESSAGES), 0.5)
+    await sim.wait_idle(3)
+    assert sim.closed_by_client == 3
+    assert request_tasks() == []
+
+
+async def test_cancelled_stream_consumer_closes_upstream(served: tuple[Simulator, TestServer]) -> None:
+    """Cancelling the task that reads a stream (a proxy client leaving) closes the winner."""
+    sim, _ = served
+    sim.set_models([ModelScript("long/a:free", chunks=tuple(f" x{i}" for i in range(500)),
+                                chunk_delay=0.02)])
+    got_one = asyncio.Event()
+
+    async def consume() -> None:
+        stream = await litellm.acompletion(model="freerouter/auto", messages=MESSAGES, stream=True)
+        async for _ in stream:
+            got_one.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(got_one.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await sim.wait_idle(3)
+    assert sim.closed_by_client == 1
+    assert request_tasks() == []
+
+
+async def test_litellm_timeout_argument_bounds_the_wait(served: tuple[Simulator, TestServer]) -> None:
+    """litellm's timeout= turns a silent race into litellm.Timeout and closes everything."""
+    sim, _ = served
+    sim.set_models([ModelScript("stall/a:free", stall_before_first_token=True)])
+    with pytest.raises(litellm.Timeout):
+        await litellm.acompletion(model="freerouter/auto", messages=MESSAGES, timeout=0.5)
+    await sim.wait_idle(3)
+    assert request_tasks() == []
+
+
+def test_breaking_out_of_sync_stream_closes_upstream(upstream: Upstream) -> None:
+    """Leaving a sync stream early (aider's Ctrl-C path) disconnects the winner."""
+    upstream.sim.set_models([ModelScript("long/a:free", chunks=tuple(f" y{i}" for i in range(300)),
+                                         chunk_delay=0.02)])
+    stream = litellm.completion(model="freerouter/auto", messages=MESSAGES, stream=True)
+    for _ in stream:
+        break
+    stream.completion_stream.close()
+    upstream.wait_idle(3)
+    assert upstream.sim.closed_by_client == 1
+    assert request_tasks() == []
+
+
+def test_sync_timeout_argument(upstream: Upstream) -> None:
+    """A sync call with timeout= raises litellm.Timeout and leaves nothing running."""
+    upstream.sim.set_models([ModelScript("stall/a:free", stall_before_first_token=True)])
+    with pytest.raises(litellm.Timeout):
+        litellm.completion(model="freerouter/auto", messages=MESSAGES, timeout=0.5)
+    upstream.wait_idle(3)
+    assert request_tasks() == []
+
+
+def test_sync_calls_from_threads_and_in_a_row(upstream: Upstream) -> None:
+    """The sync API works from many threads at once and many times in a row."""
+    upstream.sim.set_models([fast("t/a:free", "thread safe answer")])
+    results: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(5):
+            r = litellm.completion(model="freerouter/auto", messages=MESSAGES)
+            with lock:
+                results.append(r.choices[0].message.content)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == ["thread safe answer"] * 40
+    for _ in range(30):
+        stream = litellm.completion(model="freerouter/auto", messages=MESSAGES, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream) == "thread safe answer"
+    upstream.wait_idle()
+    assert request_tasks() == []
+
+
+async def test_sync_call_inside_a_running_loop(upstream: Upstream) -> None:
+    """Calling the sync API from inside a running event loop does not deadlock."""
+    upstream.sim.set_models([fast("l/a:free", "no deadlock")])
+    r = litellm.completion(model="freerouter/auto", messages=MESSAGES)
+    assert r.choices[0].message.content == "no deadlock"
+    stream = litellm.completion(model="freerouter/auto", messages=MESSAGES, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == "no deadlock"
