@@ -31,6 +31,21 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]) -> No
     monkeypatch.setenv("FREEROUTER_EXPLORE", "0")
 
 
+@pytest.fixture(autouse=True)
+def fresh_routers() -> Iterator[None]:
+    """Each test starts with no learned state: routers are per endpoint and key, and the
+    tests reuse endpoints."""
+    yield
+    eng = engine.get_engine()
+
+    async def drop() -> None:
+        routers = eng.state.pop("routers", {})
+        for router in routers.values():
+            await router.aclose()
+
+    eng.submit(drop()).result(10)
+
+
 @dataclass
 class Upstream:
     sim: Simulator

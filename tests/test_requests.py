@@ -1,0 +1,142 @@
+"""Request shapes and error mapping with aioresponses: what is sent upstream, and how."""
+
+from __future__ import annotations
+
+import json
+import re
+from types import SimpleNamespace
+from typing import Any
+
+import litellm
+import pytest
+from aiohttp import ClientResponse
+from aioresponses import CallbackResult, aioresponses
+
+from .conftest import KEY
+
+BASE = "http://openrouter.test/api/v1"
+MODELS = {
+    "data": [
+        {"id": "a/one:free", "context_length": 4096, "pricing": {"prompt": "0", "completion": "0"},
+         "supported_parameters": ["tools", "max_tokens", "temperature"],
+         "architecture": {"input_modalities": ["text"]}},
+        {"id": "b/paid", "context_length": 4096, "pricing": {"prompt": "0.1", "completion": "0.2"}},
+    ]
+}
+
+
+class Response(ClientResponse):
+    """aioresponses 0.7.9 predates aiohttp 3.14's required ``stream_writer`` argument."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0, buffer_size=0))
+        super().__init__(*args, **kwargs)
+
+
+class Mock(aioresponses):
+    def add(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        kwargs.setdefault("response_class", Response)
+        super().add(*args, **kwargs)
+
+
+def sse(*texts: str) -> str:
+    events = [json.dumps({"choices": [{"delta": {"content": t}}]}) for t in texts]
+    return "".join(f"data: {e}\n\n" for e in events) + "data: [DONE]\n\n"
+
+
+@pytest.fixture
+def mocked(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("OPENROUTER_API_KEY", KEY)
+    monkeypatch.setenv("OPENROUTER_API_BASE", BASE)
+    with Mock() as m:
+        m.get(f"{BASE}/models", payload=MODELS, repeat=True)
+        m.get(f"{BASE}/key", payload={"data": {}}, repeat=True)
+        yield m
+
+
+def sent(m: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    for (method, url), calls in m.requests.items():
+        if method == "POST" and str(url).endswith("/chat/completions"):
+            call = calls[-1]
+            return json.loads(call.kwargs["data"]), dict(call.kwargs["headers"])
+    raise AssertionError("no POST was sent")
+
+
+def test_body_carries_messages_and_parameters_not_tunables(mocked: Any) -> None:
+    """The upstream body has the model id, messages and caller parameters; tunables stay home."""
+    mocked.post(f"{BASE}/chat/completions", body=sse("ok"), content_type="text/event-stream")
+    litellm.completion(
+        model="freerouter/auto", messages=[{"role": "user", "content": "hi"}],
+        temperature=0, max_tokens=50, stop=["\n"], race_width=1, idle_timeout=5,
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+    )
+    body, headers = sent(mocked)
+    assert body["model"] == "a/one:free"
+    assert body["messages"] == [{"role": "user", "content": "hi"}]
+    assert body["stream"] is True
+    assert (body["temperature"], body["max_tokens"], body["stop"]) == (0, 50, ["\n"])
+    assert body["tools"][0]["function"]["name"] == "f"
+    assert "race_width" not in body and "idle_timeout" not in body
+    assert headers["Authorization"] == f"Bearer {KEY}"
+    assert headers["X-OpenRouter-Title"] == "litellm-freerouter"
+    assert "HTTP-Referer" in headers
+
+
+def test_extra_body_is_merged(mocked: Any) -> None:
+    """extra_body fields reach OpenRouter (e.g. its reasoning switch)."""
+    mocked.post(f"{BASE}/chat/completions", body=sse("ok"), content_type="text/event-stream")
+    litellm.completion(model="freerouter/auto", messages=[{"role": "user", "content": "hi"}],
+                       extra_body={"reasoning": {"effort": "low"}})
+    body, _ = sent(mocked)
+    assert body["reasoning"] == {"effort": "low"}
+
+
+@pytest.mark.parametrize(
+    ("status", "payload", "error", "text"),
+    [
+        (401, {"error": {"code": 401, "message": "No auth credentials found"}},
+         litellm.AuthenticationError, "OPENROUTER_API_KEY"),
+        (429, {"error": {"code": 429, "message": "Rate limit exceeded: free-models-per-day",
+                         "metadata": {"headers": {"X-RateLimit-Reset": "4102444800000"}}}},
+         litellm.RateLimitError, "free daily quota used; resets at 00:00 UTC"),
+        (404, {"error": {"code": 404, "message": "No endpoints found matching your data policy"}},
+         litellm.NotFoundError, "settings/privacy"),
+        (400, {"error": {"code": 400, "message": "maximum context length is 10 tokens"}},
+         litellm.ContextWindowExceededError, "context"),
+    ],
+)
+def test_upstream_statuses_map_to_litellm_errors(
+    mocked: Any, status: int, payload: dict[str, Any], error: type[Exception], text: str
+) -> None:
+    """Each upstream status reaches a non-streamed caller as the matching litellm error."""
+    mocked.post(f"{BASE}/chat/completions", status=status, payload=payload)
+    with pytest.raises(error, match=re.escape(text)):
+        litellm.completion(model="freerouter/auto", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_daily_quota_is_remembered_without_sending(mocked: Any) -> None:
+    """After a free-models-per-day 429, later calls fail at once and send nothing."""
+    calls: list[int] = []
+
+    def answer(url: Any, **kwargs: Any) -> CallbackResult:
+        calls.append(1)
+        return CallbackResult(status=429, response_class=Response, payload={"error": {
+            "code": 429, "message": "Rate limit exceeded: free-models-per-day",
+            "metadata": {"headers": {"X-RateLimit-Reset": "4102444800000"}}}})
+
+    mocked.post(f"{BASE}/chat/completions", callback=answer, repeat=True)
+    for _ in range(3):
+        with pytest.raises(litellm.RateLimitError, match="free daily quota used"):
+            litellm.completion(model="freerouter/auto", messages=[{"role": "user", "content": "x"}],
+                               api_base=BASE + "/")
+    assert len(calls) == 1
+
+
+def test_invalid_tunable_is_a_clear_bad_request(mocked: Any) -> None:
+    """A bad tunable value names the setting and its variable; nothing is sent."""
+    with pytest.raises(litellm.BadRequestError, match=r"race_width \(FREEROUTER_RACE_WIDTH\)"):
+        litellm.completion(model="freerouter/auto", messages=[{"role": "user", "content": "x"}],
+                           race_width="lots")
+    with pytest.raises(litellm.BadRequestError, match="race_width must be at least 1"):
+        litellm.completion(model="freerouter/auto", messages=[{"role": "user", "content": "x"}],
+                           race_width=0)
