@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -167,6 +168,17 @@ class Catalog:
         if self._models is None:
             self._models = tuple(models)
             self.fetched_at = fetched_at
+
+    def annotate(self, providers: Mapping[str, str]) -> None:
+        """Record each model's serving provider, and order the list again by it."""
+        if self._models is None:
+            return
+        self._models = tuple(
+            seed_order(
+                dataclasses.replace(m, provider=providers.get(m.id, m.provider))
+                for m in self._models
+            )
+        )
 
     async def get(self) -> tuple[FreeModel, ...]:
         """The current list; fetches it on first use, and starts the refresh task."""

@@ -21,6 +21,8 @@ DEFAULT_TTFT = 3.0
 # How fast old results fade: each new result keeps this share of the old weight.
 DECAY = 0.8
 SAMPLES = 32
+# Seconds a failed attempt is taken to cost, in ranking (a new contender must start).
+FAILURE_COST = 2.0
 
 
 @dataclass(slots=True)
@@ -51,8 +53,13 @@ class ModelStats:
         return (self.successes + 1.0) / (self.successes + self.failures + 2.0)
 
     def score(self) -> float:
-        """Expected seconds to a first token, penalised by how often the model fails: lower wins."""
-        return self.expected_ttft() / self.reliability()
+        """Expected seconds to a first token, penalised by how often the model fails: lower wins.
+
+        A failure costs the time it took plus a fresh start elsewhere (``FAILURE_COST``), and a
+        model that fails a share ``1 - r`` of the time needs ``1 / r`` tries on average.
+        """
+        reliability = self.reliability()
+        return (self.expected_ttft() + FAILURE_COST * (1 - reliability)) / reliability
 
     def quantile(self, q: float) -> float | None:
         if not self.ttft:

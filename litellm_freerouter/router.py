@@ -99,11 +99,15 @@ class Router:
         self.api_base = api_base.rstrip("/")
         self._session = session
         self.health = health or Health()
-        self.catalog = Catalog(self._fetch_models, refresh_interval=refresh_interval)
+        self.catalog = Catalog(
+            self._fetch_models, refresh_interval=refresh_interval, on_update=self._on_catalog
+        )
         self._rng = rng or random.Random()
         self._sticky: OrderedDict[str, str] = OrderedDict()
         self._narrowed_notice = False
         self._quota_task: asyncio.Task[None] | None = None
+        self._endpoints_task: asyncio.Task[None] | None = None
+        self.api_key: str | None = None  # the key of the latest request, for /endpoints
 
     # --- upstream reads ------------------------------------------------------------------------
 
@@ -156,12 +160,75 @@ class Router:
     async def _quota_once(self, api_key: str) -> None:
         await self.read_quota(api_key)
 
+    def _on_catalog(self, models: Sequence[FreeModel]) -> None:
+        """A new list: learn each model's serving provider and latency in the background."""
+        if self._endpoints_task is None or self._endpoints_task.done():
+            self._endpoints_task = asyncio.get_running_loop().create_task(
+                self._learn_endpoints([m.id for m in models]), name="freerouter-catalog-endpoints"
+            )
+
+    async def _learn_endpoints(self, ids: Sequence[str]) -> None:
+        """Seed scores from OpenRouter's per-endpoint latency (``latency_last_30m``), and the
+        serving provider for the seed's provider ordering; anything missing is just skipped."""
+        limit = asyncio.Semaphore(4)
+        providers: dict[str, str] = {}
+
+        async def one(model_id: str) -> None:
+            async with limit:
+                info = await self._endpoint_info(model_id)
+            if info is None:
+                return
+            provider, latency = info
+            if provider:
+                providers[model_id] = provider
+            if latency is not None:
+                self.health.set_prior(model_id, latency)
+
+        await asyncio.gather(*(one(m) for m in ids))
+        if providers:
+            self.catalog.annotate(providers)
+
+    async def _endpoint_info(self, model_id: str) -> tuple[str | None, float | None] | None:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        url = f"{self.api_base}/models/{model_id}/endpoints"
+        try:
+            async with self._session().get(
+                url, headers=headers, timeout=aiohttp.ClientTimeout(total=15)
+            ) as response:
+                if response.status != 200:
+                    return None
+                payload = await response.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return None
+        data = payload.get("data") if isinstance(payload, Mapping) else None
+        endpoints = data.get("endpoints") if isinstance(data, Mapping) else None
+        if not isinstance(endpoints, list) or not endpoints:
+            return None
+        best: tuple[float, str | None] | None = None
+        first_provider: str | None = None
+        for endpoint in endpoints:
+            if not isinstance(endpoint, Mapping):
+                continue
+            name = endpoint.get("provider_name")
+            provider = name if isinstance(name, str) else None
+            first_provider = first_provider or provider
+            latency = endpoint.get("latency_last_30m")
+            p50 = latency.get("p50") if isinstance(latency, Mapping) else latency
+            if isinstance(p50, (int, float)) and not isinstance(p50, bool) and p50 > 0:
+                if best is None or p50 < best[0]:
+                    best = (float(p50), provider)
+        if best is None:
+            return first_provider, None
+        return best[1] or first_provider, best[0] / 1000.0
+
     async def aclose(self) -> None:
         await self.catalog.aclose()
-        task, self._quota_task = self._quota_task, None
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait({task}, timeout=2)
+        for name in ("_quota_task", "_endpoints_task"):
+            task = getattr(self, name)
+            setattr(self, name, None)
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=2)
 
     # --- ranking -------------------------------------------------------------------------------
 
@@ -176,7 +243,8 @@ class Router:
         unmeasured = [m for m in ordered[width:] if not self.health.stats(m.id).measured]
         # Explore in the last slot of a real race only: the best models still run beside it.
         if width > 1 and unmeasured and self._rng.random() < settings.explore:
-            pick = self._rng.choice(unmeasured)
+            # The least-tried first, so that every model gets its turn.
+            pick = min(unmeasured, key=lambda m: self.health.stats(m.id).attempts)
             ordered.remove(pick)
             ordered.insert(min(width, len(ordered)) - 1, pick)
         if conversation is not None:
@@ -277,6 +345,7 @@ class Router:
     ) -> AsyncIterator[tuple[str, Delta]]:
         """Race for ``body`` and yield (winning model, delta) until the answer ends."""
         api_key = settings.require_key()
+        self.api_key = api_key
         request_id = f"fr{next(_request_ids)}"
         ordered_ready = await self.candidates(body, settings)
         self._watch_quota(api_key)

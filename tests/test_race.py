@@ -18,7 +18,7 @@ MESSAGES = [{"role": "user", "content": "Say hello"}]
 def ask(stream: bool = True, **kwargs: Any) -> tuple[str, list[Any]]:
     """A sync litellm call; returns the text and the chunks (or [response])."""
     response = litellm.completion(
-        model="freerouter/auto", messages=MESSAGES, stream=stream, **kwargs
+        model="freerouter/auto", messages=kwargs.pop("messages", MESSAGES), stream=stream, **kwargs
     )
     if not stream:
         return response.choices[0].message.content or "", [response]
@@ -237,10 +237,10 @@ def test_all_models_cooling_fails_fast_without_upstream_calls(upstream: Upstream
     upstream.sim.set_models([ModelScript(f"rl/m{i}:free", status=429) for i in range(3)])
     with pytest.raises(litellm.RateLimitError):
         ask(stream=False, cooldown_rate_limit=120)
-    calls = len(upstream.sim.requests)
+    held = [{"role": "user", "content": "held back"}]
     with pytest.raises(litellm.ServiceUnavailableError, match=r"all 3 free models .* cooling.*returns in 1[12]\d s"):
-        ask()
-    assert len(upstream.sim.requests) == calls
+        ask(messages=held)
+    assert [q for q in upstream.sim.requests if q.body["messages"] == held] == []
 
 
 def test_paid_models_are_never_called(upstream: Upstream) -> None:

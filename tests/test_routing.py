@@ -1,0 +1,296 @@
+"""Routing that beats the seed: capable models only, errors by scope, quota, learned speed."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+import litellm
+import pytest
+
+from litellm_freerouter import engine
+from litellm_freerouter.catalog import FreeModel
+from litellm_freerouter.config import Settings, load_settings
+from litellm_freerouter.health import Health
+from litellm_freerouter.provider import _router
+from litellm_freerouter.router import Router, conversation_key
+from litellm_freerouter.simulator import ModelScript
+
+from .conftest import Upstream, fast
+
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+TEXT_ONLY = ("max_tokens", "temperature")
+
+
+def ask(**kwargs: Any) -> Any:
+    return litellm.completion(model="freerouter/auto", messages=kwargs.pop("messages", MESSAGES),
+                              **kwargs)
+
+
+def router() -> Router:
+    return _router(load_settings())
+
+
+def test_tools_go_only_to_models_that_support_them(upstream: Upstream) -> None:
+    """A request with tools races only models listing 'tools' in supported_parameters."""
+    upstream.sim.set_models([
+        fast("plain/a:free", "no tools", context_length=1000, supported_parameters=TEXT_ONLY),
+        fast("tools/b:free", "with tools", context_length=2000, delay=0.2),
+    ])
+    assert ask(tools=TOOLS).choices[0].message.content == "with tools"
+    assert upstream.sim.called_models() == ["tools/b:free"]
+
+
+def test_images_go_only_to_vision_models(upstream: Upstream) -> None:
+    """An image in the prompt races only models with image input."""
+    upstream.sim.set_models([
+        fast("text/a:free", "blind", context_length=1000),
+        fast("eyes/b:free", "I see", context_length=2000, delay=0.2,
+             input_modalities=("text", "image")),
+    ])
+    image = [{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+    ]}]
+    assert ask(messages=image).choices[0].message.content == "I see"
+    assert upstream.sim.called_models() == ["eyes/b:free"]
+
+
+def test_long_prompt_skips_small_context_windows(upstream: Upstream) -> None:
+    """A prompt larger than a model's context window is never sent to it."""
+    upstream.sim.set_models([
+        fast("small/a:free", "small", context_length=1000),
+        fast("big/b:free", "big", context_length=100000, delay=0.2),
+    ])
+    long = [{"role": "user", "content": "word " * 4000}]
+    assert ask(messages=long).choices[0].message.content == "big"
+    assert upstream.sim.called_models() == ["big/b:free"]
+
+
+def test_nothing_capable_fails_at_once_naming_the_need(upstream: Upstream) -> None:
+    """If no model can serve the request, the error says which requirement and nothing is sent."""
+    upstream.sim.set_models([fast("plain/a:free", "x", supported_parameters=TEXT_ONLY)])
+    with pytest.raises(litellm.BadRequestError, match="tool use"):
+        ask(tools=TOOLS)
+    assert upstream.sim.requests == []
+
+
+def test_structured_output_needs_support(upstream: Upstream) -> None:
+    """A JSON-schema response_format races only models that support structured output."""
+    upstream.sim.set_models([
+        fast("plain/a:free", "x", context_length=1000, supported_parameters=TEXT_ONLY),
+        fast("json/b:free", '{"a": 1}', context_length=2000, delay=0.2),
+    ])
+    schema = {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}}}
+    ask(response_format=schema)
+    assert upstream.sim.called_models() == ["json/b:free"]
+
+
+def test_context_error_benches_a_model_for_this_request_only(upstream: Upstream) -> None:
+    """A context-length 400 skips the model for this request; it stays healthy for others."""
+    upstream.sim.set_models([
+        ModelScript("tight/a:free", context_length=1000, status=400,
+                    error_message="This endpoint's maximum context length is 1000 tokens."),
+        fast("roomy/b:free", "fits", context_length=2000, delay=0.2),
+    ])
+    assert ask().choices[0].message.content == "fits"
+    assert router().health.cooling_for("tight/a:free") == 0
+    upstream.sim.set_models([
+        fast("tight/a:free", "short ok", context_length=1000),
+        fast("roomy/b:free", "fits", context_length=2000, delay=0.5),
+    ])
+    assert ask().choices[0].message.content == "short ok"
+
+
+def test_retry_after_longer_than_default_holds_the_model_out(upstream: Upstream) -> None:
+    """A Retry-After longer than the cooldown is honoured."""
+    upstream.sim.set_models([
+        ModelScript("busy/a:free", context_length=1000, status=429,
+                    error_message="Provider returned error", error_headers={"Retry-After": "600"}),
+        fast("ok/b:free", "ok", context_length=2000, delay=0.2),
+    ])
+    ask()
+    assert 590 < router().health.cooling_for("busy/a:free") <= 600
+
+
+def test_minute_limit_stops_without_cooling_models(upstream: Upstream) -> None:
+    """The account's per-minute 429 stops the request and holds calls, but cools no model."""
+    upstream.sim.set_models([
+        ModelScript("a/a:free", context_length=1000, status=429,
+                    error_message="Rate limit exceeded: free-models-per-min. "),
+        fast("b/b:free", "late", context_length=2000, delay=2.0),
+    ])
+    with pytest.raises(litellm.RateLimitError, match="20 requests a minute"):
+        ask()
+    held = [{"role": "user", "content": "held back"}]
+    with pytest.raises(litellm.RateLimitError):
+        ask(messages=held)
+    assert [q for q in upstream.sim.requests if q.body["messages"] == held] == []
+    assert router().health.cooling_for("a/a:free") == 0
+    assert router().health.cooling_for("b/b:free") == 0
+
+
+def test_daily_quota_is_spent_and_then_held(upstream: Upstream) -> None:
+    """Once the day's quota is gone, calls fail at once with the reset time; nothing is sent."""
+    upstream.sim.daily_quota = 3
+    upstream.sim.set_models([fast(f"m/{i}:free", f"answer {i}", delay=0.05 * i,
+                                  context_length=1000 + i) for i in range(3)])
+    ask(race_width=3)  # spends 3
+    with pytest.raises(litellm.RateLimitError, match=r"free daily quota used; resets at 00:00 UTC"):
+        ask(race_width=3)
+    held = [{"role": "user", "content": "held back"}]
+    for _ in range(3):
+        with pytest.raises(litellm.RateLimitError, match="10 USD"):
+            ask(messages=held)
+    assert [q for q in upstream.sim.requests if q.body["messages"] == held] == []
+
+
+def test_hedged_racing_spends_about_one_request_per_answer(upstream: Upstream) -> None:
+    """With hedge_delay=auto, a warmed-up router mostly sends one request per answer."""
+    upstream.sim.set_models([
+        fast("slow/a:free", "slow", delay=1.0, context_length=1000),
+        fast("fast/b:free", "fast", delay=0.1, context_length=2000),
+        fast("mid/c:free", "mid", delay=0.6, context_length=3000),
+    ])
+    assert ask().choices[0].message.content == "fast"  # races all three, learns who is fast
+    before = len(upstream.sim.requests)
+    for _ in range(10):
+        assert ask(hedge_delay="auto").choices[0].message.content == "fast"
+    spent = len(upstream.sim.requests) - before
+    assert spent < 20, spent  # racing all at once would have cost 30
+
+
+def test_hedged_race_adds_a_contender_when_the_leader_is_late(upstream: Upstream) -> None:
+    """A hedged race starts the next model once the leader is past its usual first-token time."""
+    upstream.sim.set_models([
+        fast("lead/a:free", "lead", delay=0.05, context_length=1000),
+        fast("backup/b:free", "backup", delay=0.05, context_length=2000),
+    ])
+    ask(race_width=1)  # the leader is measured at ~50 ms
+    upstream.sim.set_models([
+        fast("lead/a:free", "lead now slow", delay=3.0, context_length=1000),
+        fast("backup/b:free", "backup", delay=0.05, context_length=2000),
+    ])
+    assert ask(hedge_delay="auto").choices[0].message.content == "backup"
+
+
+def test_quota_reserve_narrows_the_race_and_says_so_once(
+    upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Below the reserve of daily requests, the race narrows to one model, logged once."""
+    caplog.set_level(logging.INFO, logger="litellm_freerouter")
+    upstream.sim.daily_quota = 30
+    upstream.sim.set_models([fast(f"m/{i}:free", "hi", delay=0.05 * i, context_length=1000 + i)
+                             for i in range(3)])
+    ask()
+    r = router()
+
+    async def quota_known() -> None:
+        if r._quota_task is not None:
+            await r._quota_task
+
+    engine.get_engine().submit(quota_known()).result(5)
+    assert r.health.quota_remaining() is not None
+    narrow = [{"role": "user", "content": "narrowed"}]
+    ask(messages=narrow, quota_reserve=100)
+    ask(messages=narrow, quota_reserve=100)
+    sent = [q for q in upstream.sim.requests if q.body["messages"] == narrow]
+    assert len(sent) == 2
+    assert caplog.text.count("racing one model at a time") == 1
+
+
+def test_fastest_model_leads_after_a_few_requests(upstream: Upstream, caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever the catalogue order, the measured-fastest model ends up first in the batch."""
+    caplog.set_level(logging.INFO, logger="litellm_freerouter")
+    upstream.sim.set_models([
+        fast(f"m/{i}:free", f"from {i}", delay=d, context_length=1000 + i)
+        for i, d in enumerate([0.5, 0.4, 0.3, 0.02])
+    ])
+    for _ in range(3):
+        ask(race_width=2, explore=1.0)
+    caplog.clear()
+    ask(race_width=2)
+    assert "racing m/3:free" in caplog.text
+
+
+def test_endpoint_latency_seeds_the_order(upstream: Upstream) -> None:
+    """OpenRouter's per-endpoint latency ranks never-measured models."""
+    upstream.sim.set_models([
+        fast("slowprior/a:free", "a", context_length=1000, endpoint_latency_ms=5000),
+        fast("fastprior/b:free", "b", context_length=2000, endpoint_latency_ms=200),
+    ])
+    r = router()
+
+    async def learned() -> None:
+        await r.catalog.get()
+        if r._endpoints_task is not None:
+            await r._endpoints_task
+
+    engine.get_engine().submit(learned()).result(5)
+    models = list(r.catalog.models or ())
+    settings = Settings(explore=0)
+    ranked = r.rank(models, settings, None, 1)
+    assert ranked[0].id == "fastprior/b:free"
+    assert {m.provider for m in models} == {"SimProvider"}
+
+
+# --- ranking as a unit -----------------------------------------------------------------------
+
+
+def make_router(clock: list[float]) -> Router:
+    return Router("http://x", session=lambda: None,  # type: ignore[arg-type,return-value]
+                  refresh_interval=3600, health=Health(clock=lambda: clock[0]),
+                  rng=random.Random(7))
+
+
+MODELS = [FreeModel(f"m/{i}:free", context_length=1000 * (i + 1)) for i in range(5)]
+
+
+def test_failures_push_a_fast_model_down() -> None:
+    """Success rate counts: a fast model that keeps failing loses its lead."""
+    r = make_router([0.0])
+    r.health.record_first_token("m/0:free", 0.1)
+    r.health.record_first_token("m/1:free", 0.4)
+    assert r.rank(MODELS, Settings(explore=0), None, 3)[0].id == "m/0:free"
+    for _ in range(6):
+        r.health.record_failure("m/0:free")
+    assert r.rank(MODELS, Settings(explore=0), None, 3)[0].id == "m/1:free"
+
+
+def test_recent_results_weigh_more() -> None:
+    """A model that became slow is overtaken after a few slow results."""
+    r = make_router([0.0])
+    for _ in range(5):
+        r.health.record_first_token("m/0:free", 0.1)
+    r.health.record_first_token("m/1:free", 0.5)
+    for _ in range(3):
+        r.health.record_first_token("m/0:free", 2.0)
+    assert r.rank(MODELS, Settings(explore=0), None, 3)[0].id == "m/1:free"
+
+
+def test_exploration_puts_an_unmeasured_model_in_the_last_slot() -> None:
+    """Exploration gives never-measured models the last seat in turn, least-tried first."""
+    r = make_router([0.0])
+    for i in range(3):
+        r.health.record_first_token(f"m/{i}:free", 0.1 * (i + 1))
+    seats = []
+    for _ in range(4):
+        seat = r.rank(MODELS, Settings(explore=1.0), None, 3)[2].id
+        r.health.record_attempt(seat)
+        seats.append(seat)
+    assert seats == ["m/3:free", "m/4:free", "m/3:free", "m/4:free"]
+    assert r.rank(MODELS, Settings(explore=1.0), None, 3)[0].id == "m/0:free"
+
+
+def test_conversation_keeps_its_winner_while_it_is_fast() -> None:
+    """A conversation's last winner leads while within 1.5x of the best, and not beyond."""
+    r = make_router([0.0])
+    r.health.record_first_token("m/0:free", 0.10)
+    r.health.record_first_token("m/1:free", 0.14)
+    key = conversation_key([{"role": "user", "content": "start"}])
+    r._remember(key, "m/1:free")
+    assert r.rank(MODELS, Settings(explore=0), key, 2)[0].id == "m/1:free"
+    r.health.record_first_token("m/1:free", 2.0)
+    assert r.rank(MODELS, Settings(explore=0), key, 2)[0].id == "m/0:free"
