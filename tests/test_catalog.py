@@ -1,0 +1,134 @@
+"""The free-model list: what counts as free, ordering, first fetch, refresh and its failures."""
+
+from __future__ import annotations
+
+import asyncio
+
+import litellm
+import pytest
+
+from litellm_freerouter.catalog import Catalog, FreeModel, is_free, parse_models, seed_order
+from litellm_freerouter.errors import CatalogUnavailable
+from litellm_freerouter.simulator import ModelScript
+
+from .conftest import Upstream, fast
+
+FREE = {"prompt": "0", "completion": "0", "request": "0", "image": "0"}
+
+
+def test_free_means_suffix_and_zero_prices() -> None:
+    """Both conditions are required: a ':free' id and every price zero."""
+    assert is_free({"id": "a/b:free", "pricing": FREE})
+    assert not is_free({"id": "a/b:free", "pricing": {**FREE, "completion": "0.000001"}})
+    assert not is_free({"id": "a/b", "pricing": FREE})
+    assert not is_free({"id": "a/b:free"})
+    assert not is_free({"id": "a/b:free", "pricing": {"prompt": "free"}})
+
+
+def test_parse_skips_malformed_entries() -> None:
+    """Broken entries are skipped, good ones kept with their capabilities."""
+    payload = {"data": [
+        "junk", {"id": 5}, {"id": "x/paid", "pricing": {"prompt": "1"}},
+        {"id": "x/ok:free", "pricing": FREE, "context_length": 8192,
+         "supported_parameters": ["tools", 3], "architecture": {"input_modalities": ["text", "image"]},
+         "top_provider": {"max_completion_tokens": 1024}},
+    ]}
+    [model] = parse_models(payload)
+    assert model.id == "x/ok:free" and model.context_length == 8192
+    assert model.supports_tools and model.supports_images and model.max_completion_tokens == 1024
+    with pytest.raises(CatalogUnavailable):
+        parse_models({"nope": []})
+
+
+def test_seed_order_uses_provider_only_where_known() -> None:
+    """Known fast providers lead; otherwise context window ascending (ids carry no provider)."""
+    models = [
+        FreeModel("groq-like/name:free", context_length=100),  # an author, not a provider
+        FreeModel("b/big:free", context_length=9000),
+        FreeModel("c/fast:free", context_length=50000, provider="Groq"),
+        FreeModel("d/small:free", context_length=2000),
+        FreeModel("e/cere:free", context_length=1000, provider="Cerebras"),
+    ]
+    assert [m.id for m in seed_order(models)] == [
+        "c/fast:free", "e/cere:free", "groq-like/name:free", "d/small:free", "b/big:free"]
+
+
+async def test_refresh_failure_keeps_the_last_good_list() -> None:
+    """A failed refresh keeps the list; a later one replaces it; the task refreshes on its own."""
+    calls = 0
+    second = asyncio.Event()
+    lists = [[FreeModel("a/a:free")], RuntimeError("down"), [FreeModel("b/b:free")]]
+
+    async def fetch() -> list[FreeModel]:
+        nonlocal calls
+        item = lists[min(calls, len(lists) - 1)]
+        calls += 1
+        if calls == 3:
+            second.set()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    catalog = Catalog(fetch, refresh_interval=0.01)
+    assert [m.id for m in await catalog.get()] == ["a/a:free"]
+    assert await catalog.refresh() is False
+    assert [m.id for m in catalog.models or ()] == ["a/a:free"]
+    await asyncio.wait_for(second.wait(), 5)  # the background task fetched again by itself
+    await catalog.aclose()
+    assert [m.id for m in catalog.models or ()] == ["b/b:free"]
+
+
+async def test_first_fetch_failure_is_a_clear_error() -> None:
+    """With no list at all, a failed fetch says the list could not be fetched."""
+
+    async def fetch() -> list[FreeModel]:
+        raise OSError("connection refused")
+
+    catalog = Catalog(fetch, refresh_interval=3600)
+    with pytest.raises(CatalogUnavailable, match="could not fetch the free-model list"):
+        await catalog.get()
+    await catalog.aclose()
+
+
+def test_fetched_on_first_request_not_at_import(upstream: Upstream) -> None:
+    """The list is fetched by the first request, once, not at import or registration."""
+    import litellm_freerouter
+
+    litellm_freerouter.register()
+    assert upstream.sim.models_fetches == 0
+    upstream.sim.set_models([fast("a/a:free", "hi")])
+    for _ in range(3):
+        litellm.completion(model="freerouter/auto", messages=[{"role": "user", "content": "x"}])
+    assert upstream.sim.models_fetches == 1
+
+
+def test_no_free_models_is_a_clear_error(upstream: Upstream) -> None:
+    """A catalogue without free models fails the call saying so."""
+    upstream.sim.set_models([ModelScript("paid/a", free=False)])
+    with pytest.raises(litellm.ServiceUnavailableError, match="no free models"):
+        litellm.completion(model="freerouter/auto", messages=[{"role": "user", "content": "x"}])
+    assert upstream.sim.requests == []
+
+
+def test_models_endpoint_down_at_start(upstream: Upstream) -> None:
+    """If /models fails on first use the caller hears so, with the status."""
+    upstream.sim.models_status = 503
+    with pytest.raises(litellm.ServiceUnavailableError, match="503"):
+        litellm.completion(model="freerouter/auto", messages=[{"role": "user", "content": "x"}])
+
+
+def test_refresh_keeps_health(upstream: Upstream) -> None:
+    """A refreshed list keeps what was learned: a cooling model stays cooling."""
+    from litellm_freerouter import engine
+    from litellm_freerouter.config import load_settings
+    from litellm_freerouter.provider import _router
+
+    upstream.sim.set_models([
+        ModelScript("bad/a:free", context_length=10, status=503),
+        fast("ok/b:free", "fine", context_length=20, delay=0.1),
+    ])
+    litellm.completion(model="freerouter/auto", messages=[{"role": "user", "content": "x"}])
+    router = _router(load_settings())
+    assert engine.get_engine().submit(router.catalog.refresh()).result(5) is True
+    assert upstream.sim.models_fetches == 2
+    assert router.health.cooling_for("bad/a:free") > 0

@@ -1,0 +1,84 @@
+"""Settings: defaults, sources and their order, validation, and a key that never shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from litellm_freerouter.config import DEFAULT_API_BASE, TUNABLES, Settings, load_settings
+from litellm_freerouter.errors import ConfigurationError, MissingKeyError
+
+
+def test_defaults_match_the_documented_contract() -> None:
+    """The defaults are the ones the README and the brief promise."""
+    s = load_settings(environ={})
+    assert (s.race_width, s.first_token_timeout, s.idle_timeout, s.refresh_interval) == (3, 30, 30, 3600)
+    assert (s.cooldown_rate_limit, s.cooldown_slow, s.cooldown_rejected) == (90, 15, 90)
+    assert s.hedge_delay == 0 and s.api_base == DEFAULT_API_BASE and s.api_key is None
+
+
+def test_every_tunable_reads_its_environment_variable() -> None:
+    """Each tunable has a FREEROUTER_* variable of the same name."""
+    env = {
+        "FREEROUTER_RACE_WIDTH": "2", "FREEROUTER_FIRST_TOKEN_TIMEOUT": "5",
+        "FREEROUTER_IDLE_TIMEOUT": "7", "FREEROUTER_REFRESH_INTERVAL": "60",
+        "FREEROUTER_COOLDOWN_RATE_LIMIT": "11", "FREEROUTER_COOLDOWN_SLOW": "12",
+        "FREEROUTER_COOLDOWN_REJECTED": "13", "FREEROUTER_HEDGE_DELAY": "auto",
+        "FREEROUTER_QUOTA_RESERVE": "9", "FREEROUTER_STATE_DIR": "/tmp/x",
+        "FREEROUTER_REDIS_URL": "redis://127.0.0.1:1/0", "FREEROUTER_EXPLORE": "0.5",
+    }
+    s = load_settings(environ=env)
+    assert (s.race_width, s.first_token_timeout, s.idle_timeout, s.refresh_interval) == (2, 5, 7, 60)
+    assert (s.cooldown_rate_limit, s.cooldown_slow, s.cooldown_rejected) == (11, 12, 13)
+    assert (s.hedge_delay, s.quota_reserve, s.state_dir, s.explore) == ("auto", 9, Path("/tmp/x"), 0.5)
+    assert s.redis_url == "redis://127.0.0.1:1/0"
+    assert {f"FREEROUTER_{t.upper()}" for t in TUNABLES} == set(env)
+
+
+def test_precedence_arguments_then_params_then_environment() -> None:
+    """api_key/api_base arguments beat OPENROUTER_*; litellm_params beat FREEROUTER_*."""
+    env = {"OPENROUTER_API_KEY": "env-key", "OPENROUTER_API_BASE": "http://env/api/v1",
+           "FREEROUTER_RACE_WIDTH": "5"}
+    s = load_settings({"race_width": 2}, api_key="arg-key", api_base="http://arg/api/v1", environ=env)
+    assert (s.api_key, s.api_base, s.race_width) == ("arg-key", "http://arg/api/v1", 2)
+    s = load_settings(environ=env)
+    assert (s.api_key, s.api_base, s.race_width) == ("env-key", "http://env/api/v1", 5)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("race_width", "three", "invalid value 'three' for race_width (FREEROUTER_RACE_WIDTH)"),
+        ("race_width", 0, "race_width must be at least 1"),
+        ("first_token_timeout", -1, "first_token_timeout must be a positive number"),
+        ("hedge_delay", "sometimes", "invalid value 'sometimes' for hedge_delay"),
+        ("cooldown_slow", "nan", "cooldown_slow must be a non-negative number"),
+        ("explore", 2, "explore must be between 0 and 1"),
+    ],
+)
+def test_bad_values_name_the_setting(name: str, value: object, message: str) -> None:
+    """A wrong value is a ConfigurationError naming the setting and its variable."""
+    with pytest.raises(ConfigurationError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_settings({name: value}, environ={})
+
+
+def test_timeouts_can_be_switched_off() -> None:
+    """'none' (or 0) means no limit for the two timeouts."""
+    s = load_settings(environ={"FREEROUTER_FIRST_TOKEN_TIMEOUT": "none", "FREEROUTER_IDLE_TIMEOUT": "0"})
+    assert s.first_token_timeout is None and s.idle_timeout is None
+
+
+def test_missing_key_names_the_variable_and_key_never_shows() -> None:
+    """require_key names OPENROUTER_API_KEY; repr and key_id never reveal the key."""
+    with pytest.raises(MissingKeyError, match="OPENROUTER_API_KEY"):
+        Settings().require_key()
+    s = Settings(api_key="sk-or-secret-value")
+    assert "sk-or-secret" not in repr(s)
+    assert "sk-or-secret" not in s.key_id and len(s.key_id) == 16
+
+
+def test_api_base_must_be_a_url() -> None:
+    """A typo in the endpoint is caught with the value shown."""
+    with pytest.raises(ConfigurationError, match="api_base must be an http"):
+        load_settings(api_base="openrouter.ai/api/v1", environ={})
