@@ -76,6 +76,10 @@ def _int(value: Any) -> int | None:
     return None
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def _zero(price: Any) -> bool:
     try:
         return float(price) == 0.0
@@ -103,8 +107,8 @@ def parse_models(payload: Any) -> list[FreeModel]:
     for raw in data:
         if not isinstance(raw, Mapping) or not is_free(raw):
             continue
-        top = raw.get("top_provider") if isinstance(raw.get("top_provider"), Mapping) else {}
-        arch = raw.get("architecture") if isinstance(raw.get("architecture"), Mapping) else {}
+        top: Mapping[str, Any] = _mapping(raw.get("top_provider"))
+        arch: Mapping[str, Any] = _mapping(raw.get("architecture"))
         params = raw.get("supported_parameters")
         modalities = arch.get("input_modalities") if isinstance(arch, Mapping) else None
         models.append(
@@ -205,8 +209,11 @@ class Catalog:
             raise
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
-            events.emit(events.CatalogRefreshed(count=len(self._models or ()), ok=False,
-                                                error=self.last_error))
+            events.emit(
+                events.CatalogRefreshed(
+                    count=len(self._models or ()), ok=False, error=self.last_error
+                )
+            )
             if raise_errors and self._models is None:
                 if isinstance(exc, CatalogUnavailable):
                     raise

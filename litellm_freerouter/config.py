@@ -78,9 +78,7 @@ class Settings:
         if not 0 <= self.explore <= 1:
             raise ConfigurationError("explore must be between 0 and 1")
         if not self.api_base.startswith(("http://", "https://")):
-            raise ConfigurationError(
-                f"api_base must be an http(s) URL, got {self.api_base!r}"
-            )
+            raise ConfigurationError(f"api_base must be an http(s) URL, got {self.api_base!r}")
 
     @property
     def base(self) -> str:
@@ -143,7 +141,7 @@ def load_settings(
     api_base: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Build settings from explicit arguments, ``overrides`` (litellm_params), then the environment."""
+    """Settings from explicit arguments, ``overrides`` (litellm_params), then the environment."""
     env = os.environ if environ is None else environ
     overrides = overrides or {}
     values: dict[str, Any] = {}

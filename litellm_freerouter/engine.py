@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import os
 import queue
 import threading
@@ -37,9 +38,7 @@ class Engine:
         self._session: aiohttp.ClientSession | None = None
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self.state: dict[str, Any] = {}  # owned by the loop: routers and the like
-        self._thread = threading.Thread(
-            target=self._run, name="freerouter-engine", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name="freerouter-engine", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -81,10 +80,8 @@ class Engine:
     def close(self, timeout: float = 3.0) -> None:
         if not self._thread.is_alive():
             return
-        try:
+        with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(self._aclose(), self.loop).result(timeout)
-        except Exception:
-            pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
 
@@ -116,8 +113,9 @@ atexit.register(shutdown)
 # --- bridges ----------------------------------------------------------------------------------
 
 
-def stream_sync(make: Callable[[], AsyncIterator[T]], *, first_item_timeout: float | None = None
-                ) -> Iterator[T]:
+def stream_sync(
+    make: Callable[[], AsyncIterator[T]], *, first_item_timeout: float | None = None
+) -> Iterator[T]:
     """Iterate an async generator, run on the engine, from plain blocking code."""
     engine = get_engine()
     items: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
@@ -144,7 +142,11 @@ def stream_sync(make: Callable[[], AsyncIterator[T]], *, first_item_timeout: flo
                 kind, value = items.get(timeout=POLL)
             except queue.Empty:
                 waited += POLL
-                if not got_first and first_item_timeout is not None and waited >= first_item_timeout:
+                if (
+                    not got_first
+                    and first_item_timeout is not None
+                    and waited >= first_item_timeout
+                ):
                     raise TimeoutError(
                         f"no answer within the caller's timeout of {first_item_timeout:g} s"
                     ) from None
@@ -185,10 +187,8 @@ async def stream_async(make: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]
         except BaseException as exc:
             put((_ERROR, exc))
         finally:
-            try:
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(finished.set)
-            except RuntimeError:
-                pass
 
     future = engine.submit(pump())
     try:
@@ -203,10 +203,8 @@ async def stream_async(make: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]
     finally:
         if not future.done():
             future.cancel()
-            try:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(finished.wait(), CANCEL_TIMEOUT)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                pass
 
 
 async def _signalling(make: Callable[[], Awaitable[T]], done: Callable[[], None]) -> T:
@@ -244,10 +242,8 @@ async def call_async(make: Callable[[], Awaitable[T]]) -> T:
     finished = asyncio.Event()
 
     def done() -> None:
-        try:
+        with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(finished.set)
-        except RuntimeError:
-            pass
 
     future = get_engine().submit(_signalling(make, done))
     try:
@@ -256,7 +252,5 @@ async def call_async(make: Callable[[], Awaitable[T]]) -> T:
         if not finished.is_set() and not future.done():
             future.cancel()
         if not finished.is_set():
-            try:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(finished.wait(), CANCEL_TIMEOUT)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                pass

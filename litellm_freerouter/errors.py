@@ -10,12 +10,12 @@
     │   │                               stops the whole request
     │   └── StreamStalled ............. the winner went quiet after its first token -> Timeout
     ├── NoModelAvailable .............. every free model is cooling or none exist
-    │                                                                        -> ServiceUnavailableError
+    │                                                              -> ServiceUnavailableError
     ├── NoCapableModel ................ no free model can serve this request -> BadRequestError
     ├── AllModelsFailed ............... every candidate failed for this request
     │                                   -> RateLimitError / ContextWindowExceededError / Timeout /
     │                                      ServiceUnavailableError, by what the failures were
-    └── CatalogUnavailable ............ the model list could not be fetched  -> ServiceUnavailableError
+    └── CatalogUnavailable ............ the list cannot be fetched -> ServiceUnavailableError
 
 Upstream HTTP statuses and error chunks are classified in :func:`classify` and nowhere else;
 exceptions reach litellm's classes in :func:`to_litellm` and nowhere else.
@@ -72,7 +72,9 @@ class UpstreamError(FreeRouterError):
     """One model's failure, carried as an exception out of its contender task."""
 
     def __init__(self, failure: Failure) -> None:
-        named = failure.model and failure.scope != "account" and failure.model not in failure.message
+        named = (
+            failure.model and failure.scope != "account" and failure.model not in failure.message
+        )
         super().__init__(f"{failure.model}: {failure.message}" if named else failure.message)
         self.failure = failure
 
@@ -115,8 +117,11 @@ class CatalogUnavailable(FreeRouterError):
 _CONTEXT = re.compile(r"context length|context window|maximum context|too many tokens", re.I)
 _UNSUPPORTED = re.compile(r"no endpoints found that support|does not support|not support", re.I)
 _PRIVACY = re.compile(r"data policy|privacy", re.I)
-_NO_ENDPOINTS = re.compile(r"no endpoints found|no allowed providers|not a valid model|deprecated"
-                           r"|no longer (available|free)|has ended|unavailable", re.I)
+_NO_ENDPOINTS = re.compile(
+    r"no endpoints found|no allowed providers|not a valid model|deprecated"
+    r"|no longer (available|free)|has ended|unavailable",
+    re.I,
+)
 
 
 def _as_float(value: Any) -> float | None:
@@ -127,7 +132,9 @@ def _as_float(value: Any) -> float | None:
     return result if result >= 0 else None
 
 
-def retry_after_of(body: Mapping[str, Any] | None, headers: Mapping[str, str] | None) -> float | None:
+def retry_after_of(
+    body: Mapping[str, Any] | None, headers: Mapping[str, str] | None
+) -> float | None:
     """The longest wait the upstream asked for, from any of the places it may say it."""
     candidates: list[float | None] = []
     if headers:
@@ -261,7 +268,8 @@ def account_message(failure: Failure) -> str:
     if failure.kind == "privacy":
         return (
             "OpenRouter's privacy settings block free models for this account: enable"
-            f" 'Free model publication' (Enable free endpoints that may publish prompts) at {PRIVACY_URL}."
+            " 'Free model publication' (free endpoints that may publish prompts) at"
+            f" {PRIVACY_URL}."
         )
     return failure.message
 
@@ -272,7 +280,7 @@ def account_message(failure: Failure) -> str:
 def to_litellm(exc: BaseException, *, model: str = "auto") -> Exception:
     """Translate one of our errors into the litellm class that makes retry logic right."""
     import httpx
-    import litellm
+    from litellm import exceptions as litellm
 
     provider = "freerouter"
 
@@ -317,7 +325,7 @@ def to_litellm(exc: BaseException, *, model: str = "auto") -> Exception:
 
 
 def _failure_to_litellm(failure: Failure, message: str, model: str, response: Any) -> Exception:
-    import litellm
+    from litellm import exceptions as litellm
 
     provider = "freerouter"
     kind = failure.kind
@@ -330,7 +338,9 @@ def _failure_to_litellm(failure: Failure, message: str, model: str, response: An
     if kind == "credits":
         return litellm.BadRequestError(message=message, model=model, llm_provider=provider)
     if kind == "context":
-        return litellm.ContextWindowExceededError(message=message, model=model, llm_provider=provider)
+        return litellm.ContextWindowExceededError(
+            message=message, model=model, llm_provider=provider
+        )
     if kind in ("rejected", "unsupported", "moderation"):
         return litellm.BadRequestError(message=message, model=model, llm_provider=provider)
     if kind in ("slow", "stalled"):

@@ -28,10 +28,7 @@ class RaceStarted(Event):
     candidates: int
 
     def message(self) -> str:
-        return (
-            f"[{self.request_id}] racing {', '.join(self.models)}"
-            f" ({self.candidates} candidates)"
-        )
+        return f"[{self.request_id}] racing {', '.join(self.models)} ({self.candidates} candidates)"
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,9 +99,7 @@ class Contender:
 
     async def _connect(self) -> None:
         try:
-            response = await self._session.post(
-                self._url, data=self._body, headers=self._headers
-            )
+            response = await self._session.post(self._url, data=self._body, headers=self._headers)
         except asyncio.TimeoutError:
             raise self.fail("network", "timed out connecting to OpenRouter") from None
         except aiohttp.ClientError as exc:
@@ -156,8 +154,8 @@ class Contender:
     async def deltas(self) -> AsyncIterator[Delta]:
         """The winner's whole answer: what arrived before it won, then the rest as it comes."""
         buffered, self._ready = self._ready, []
-        for delta in buffered:
-            yield delta
+        for early in buffered:
+            yield early
         loop = asyncio.get_running_loop()
         while True:
             watchdog = _Watchdog(loop, self._idle_timeout, self.close)
@@ -200,7 +198,7 @@ class Contender:
 class _Watchdog:
     """Closes the stream if no chunk arrives in time; a timer, not a task per chunk."""
 
-    __slots__ = ("_handle", "fired", "_on_fire")
+    __slots__ = ("_handle", "_on_fire", "fired")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, timeout: float | None, on_fire: Callable[[], None]
@@ -292,9 +290,7 @@ async def race(
             if queue and len(running) < width:
                 deadlines.append(next_start_at)
             wait = max(0.0, min(deadlines) - now) if deadlines else None
-            done, _ = await asyncio.wait(
-                running, timeout=wait, return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait(running, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
             winners: list[Contender] = []
             for task in done:
                 contender = running.pop(task)
@@ -304,7 +300,9 @@ async def race(
                 elif isinstance(exc, UpstreamError):
                     record(exc.failure)
                 else:
-                    record(Failure("network", "model", f"{type(exc).__name__}: {exc}", contender.id))
+                    record(
+                        Failure("network", "model", f"{type(exc).__name__}: {exc}", contender.id)
+                    )
             if winners:
                 winners.sort(key=lambda c: c.first_token_at or 0.0)
                 for extra in winners[1:]:

@@ -40,9 +40,9 @@ class Requirements:
             needed = self.prompt_tokens + (self.max_tokens or 0)
             if needed > model.context_length:
                 return f"a context window of {needed} tokens"
-        if self.max_tokens and model.max_completion_tokens:
-            if self.max_tokens > model.max_completion_tokens:
-                return f"{self.max_tokens} output tokens"
+        limit = model.max_completion_tokens
+        if self.max_tokens and limit and self.max_tokens > limit:
+            return f"{self.max_tokens} output tokens"
         return None
 
 
@@ -90,9 +90,7 @@ def requirements_of(body: Mapping[str, Any]) -> Requirements:
     max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
     return Requirements(
         tools=bool(body.get("tools")),
-        images=any(
-            isinstance(m, Mapping) and _has_image(m.get("content")) for m in messages
-        ),
+        images=any(isinstance(m, Mapping) and _has_image(m.get("content")) for m in messages),
         structured_output=structured,
         prompt_tokens=estimate_tokens(messages, body.get("tools")),
         max_tokens=int(max_tokens) if isinstance(max_tokens, (int, float)) else None,
@@ -110,6 +108,4 @@ def capable(models: Iterable[FreeModel], needs: Requirements) -> list[FreeModel]
         reason = needs.unmet_by(model) or ""
         reasons[reason] = reasons.get(reason, 0) + 1
     worst = ", ".join(f"{reason} ({count} models lack it)" for reason, count in reasons.items())
-    raise NoCapableModel(
-        f"no free model can serve this request: it needs {worst}"
-    )
+    raise NoCapableModel(f"no free model can serve this request: it needs {worst}")

@@ -115,7 +115,8 @@ def _tool_calls(raw: Any) -> list[ToolCallDelta]:
         index = item.get("index")
         if not isinstance(index, int) or isinstance(index, bool) or index < 0:
             index = position
-        function = item.get("function") if isinstance(item.get("function"), dict) else {}
+        raw_function = item.get("function")
+        function: dict[str, Any] = raw_function if isinstance(raw_function, dict) else {}
         name = function.get("name") if isinstance(function.get("name"), str) else None
         arguments = function.get("arguments")
         call_id = item.get("id") if isinstance(item.get("id"), str) else None
@@ -144,9 +145,10 @@ def parse_data(data: str) -> Delta | None:
     choices = obj.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         choice = choices[0]
-        inner = choice.get("delta")
+        inner: Any = choice.get("delta")
         if not isinstance(inner, dict):
-            inner = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+            message = choice.get("message")
+            inner = message if isinstance(message, dict) else {}
         content = inner.get("content")
         if isinstance(content, str):
             delta.content = content

@@ -19,7 +19,9 @@ MESSAGES = [{"role": "user", "content": "Say hello"}]
 
 
 @pytest.fixture
-async def served(aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Simulator, TestServer]]:
+async def served(
+    aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Simulator, TestServer]]:
     """A fake OpenRouter served by pytest-aiohttp on the test's own loop."""
     sim = Simulator([], api_key=KEY)
     server = await aiohttp_server(sim.app())  # TestServer cancels handlers on disconnect
@@ -58,11 +60,14 @@ async def test_concurrent_async_requests(served: tuple[Simulator, TestServer]) -
     await sim.wait_idle()
 
 
-async def test_breaking_out_of_async_stream_closes_upstream(served: tuple[Simulator, TestServer]) -> None:
+async def test_breaking_out_of_async_stream_closes_upstream(
+    served: tuple[Simulator, TestServer],
+) -> None:
     """Closing an async stream after the first chunk disconnects the winner at once."""
     sim, _ = served
-    sim.set_models([ModelScript("long/a:free", chunks=tuple(f" w{i}" for i in range(200)),
-                                chunk_delay=0.05)])
+    sim.set_models(
+        [ModelScript("long/a:free", chunks=tuple(f" w{i}" for i in range(200)), chunk_delay=0.05)]
+    )
     stream = await litellm.acompletion(model="freerouter/auto", messages=MESSAGES, stream=True)
     async for _ in stream:
         break
@@ -75,7 +80,9 @@ async def test_breaking_out_of_async_stream_closes_upstream(served: tuple[Simula
 async def test_caller_timeout_cancels_the_race(served: tuple[Simulator, TestServer]) -> None:
     """asyncio.wait_for around acompletion cancels every contender and closes them."""
     sim, _ = served
-    sim.set_models([ModelScript(f"stall/{i}:free", stall_before_first_token=True) for i in range(3)])
+    sim.set_models(
+        [ModelScript(f"stall/{i}:free", stall_before_first_token=True) for i in range(3)]
+    )
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(litellm.acompletion(model="freerouter/auto", messages=MESSAGES), 0.5)
     await sim.wait_idle(3)
@@ -83,11 +90,14 @@ async def test_caller_timeout_cancels_the_race(served: tuple[Simulator, TestServ
     assert request_tasks() == []
 
 
-async def test_cancelled_stream_consumer_closes_upstream(served: tuple[Simulator, TestServer]) -> None:
+async def test_cancelled_stream_consumer_closes_upstream(
+    served: tuple[Simulator, TestServer],
+) -> None:
     """Cancelling the task that reads a stream (a proxy client leaving) closes the winner."""
     sim, _ = served
-    sim.set_models([ModelScript("long/a:free", chunks=tuple(f" x{i}" for i in range(500)),
-                                chunk_delay=0.02)])
+    sim.set_models(
+        [ModelScript("long/a:free", chunks=tuple(f" x{i}" for i in range(500)), chunk_delay=0.02)]
+    )
     got_one = asyncio.Event()
 
     async def consume() -> None:
@@ -105,7 +115,9 @@ async def test_cancelled_stream_consumer_closes_upstream(served: tuple[Simulator
     assert request_tasks() == []
 
 
-async def test_litellm_timeout_argument_bounds_the_wait(served: tuple[Simulator, TestServer]) -> None:
+async def test_litellm_timeout_argument_bounds_the_wait(
+    served: tuple[Simulator, TestServer],
+) -> None:
     """litellm's timeout= turns a silent race into litellm.Timeout and closes everything."""
     sim, _ = served
     sim.set_models([ModelScript("stall/a:free", stall_before_first_token=True)])
@@ -117,8 +129,9 @@ async def test_litellm_timeout_argument_bounds_the_wait(served: tuple[Simulator,
 
 def test_breaking_out_of_sync_stream_closes_upstream(upstream: Upstream) -> None:
     """Leaving a sync stream early (aider's Ctrl-C path) disconnects the winner."""
-    upstream.sim.set_models([ModelScript("long/a:free", chunks=tuple(f" y{i}" for i in range(300)),
-                                         chunk_delay=0.02)])
+    upstream.sim.set_models(
+        [ModelScript("long/a:free", chunks=tuple(f" y{i}" for i in range(300)), chunk_delay=0.02)]
+    )
     stream = litellm.completion(model="freerouter/auto", messages=MESSAGES, stream=True)
     for _ in stream:
         break

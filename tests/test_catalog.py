@@ -27,12 +27,21 @@ def test_free_means_suffix_and_zero_prices() -> None:
 
 def test_parse_skips_malformed_entries() -> None:
     """Broken entries are skipped, good ones kept with their capabilities."""
-    payload = {"data": [
-        "junk", {"id": 5}, {"id": "x/paid", "pricing": {"prompt": "1"}},
-        {"id": "x/ok:free", "pricing": FREE, "context_length": 8192,
-         "supported_parameters": ["tools", 3], "architecture": {"input_modalities": ["text", "image"]},
-         "top_provider": {"max_completion_tokens": 1024}},
-    ]}
+    payload = {
+        "data": [
+            "junk",
+            {"id": 5},
+            {"id": "x/paid", "pricing": {"prompt": "1"}},
+            {
+                "id": "x/ok:free",
+                "pricing": FREE,
+                "context_length": 8192,
+                "supported_parameters": ["tools", 3],
+                "architecture": {"input_modalities": ["text", "image"]},
+                "top_provider": {"max_completion_tokens": 1024},
+            },
+        ]
+    }
     [model] = parse_models(payload)
     assert model.id == "x/ok:free" and model.context_length == 8192
     assert model.supports_tools and model.supports_images and model.max_completion_tokens == 1024
@@ -50,7 +59,12 @@ def test_seed_order_uses_provider_only_where_known() -> None:
         FreeModel("e/cere:free", context_length=1000, provider="Cerebras"),
     ]
     assert [m.id for m in seed_order(models)] == [
-        "c/fast:free", "e/cere:free", "groq-like/name:free", "d/small:free", "b/big:free"]
+        "c/fast:free",
+        "e/cere:free",
+        "groq-like/name:free",
+        "d/small:free",
+        "b/big:free",
+    ]
 
 
 async def test_refresh_failure_keeps_the_last_good_list() -> None:
@@ -123,10 +137,12 @@ def test_refresh_keeps_health(upstream: Upstream) -> None:
     from litellm_freerouter.config import load_settings
     from litellm_freerouter.provider import _router
 
-    upstream.sim.set_models([
-        ModelScript("bad/a:free", context_length=10, status=503),
-        fast("ok/b:free", "fine", context_length=20, delay=0.1),
-    ])
+    upstream.sim.set_models(
+        [
+            ModelScript("bad/a:free", context_length=10, status=503),
+            fast("ok/b:free", "fine", context_length=20, delay=0.1),
+        ]
+    )
     litellm.completion(model="freerouter/auto", messages=[{"role": "user", "content": "x"}])
     router = _router(load_settings())
     assert engine.get_engine().submit(router.catalog.refresh()).result(5) is True

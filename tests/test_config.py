@@ -13,7 +13,12 @@ from litellm_freerouter.errors import ConfigurationError, MissingKeyError
 def test_defaults_match_the_documented_contract() -> None:
     """The defaults are the ones the README and the brief promise."""
     s = load_settings(environ={})
-    assert (s.race_width, s.first_token_timeout, s.idle_timeout, s.refresh_interval) == (3, 30, 30, 3600)
+    assert (s.race_width, s.first_token_timeout, s.idle_timeout, s.refresh_interval) == (
+        3,
+        30,
+        30,
+        3600,
+    )
     assert (s.cooldown_rate_limit, s.cooldown_slow, s.cooldown_rejected) == (90, 15, 90)
     assert s.hedge_delay == 0 and s.api_base == DEFAULT_API_BASE and s.api_key is None
 
@@ -21,26 +26,47 @@ def test_defaults_match_the_documented_contract() -> None:
 def test_every_tunable_reads_its_environment_variable() -> None:
     """Each tunable has a FREEROUTER_* variable of the same name."""
     env = {
-        "FREEROUTER_RACE_WIDTH": "2", "FREEROUTER_FIRST_TOKEN_TIMEOUT": "5",
-        "FREEROUTER_IDLE_TIMEOUT": "7", "FREEROUTER_REFRESH_INTERVAL": "60",
-        "FREEROUTER_COOLDOWN_RATE_LIMIT": "11", "FREEROUTER_COOLDOWN_SLOW": "12",
-        "FREEROUTER_COOLDOWN_REJECTED": "13", "FREEROUTER_HEDGE_DELAY": "auto",
-        "FREEROUTER_QUOTA_RESERVE": "9", "FREEROUTER_STATE_DIR": "/tmp/x",
-        "FREEROUTER_REDIS_URL": "redis://127.0.0.1:1/0", "FREEROUTER_EXPLORE": "0.5",
+        "FREEROUTER_RACE_WIDTH": "2",
+        "FREEROUTER_FIRST_TOKEN_TIMEOUT": "5",
+        "FREEROUTER_IDLE_TIMEOUT": "7",
+        "FREEROUTER_REFRESH_INTERVAL": "60",
+        "FREEROUTER_COOLDOWN_RATE_LIMIT": "11",
+        "FREEROUTER_COOLDOWN_SLOW": "12",
+        "FREEROUTER_COOLDOWN_REJECTED": "13",
+        "FREEROUTER_HEDGE_DELAY": "auto",
+        "FREEROUTER_QUOTA_RESERVE": "9",
+        "FREEROUTER_STATE_DIR": "/tmp/x",
+        "FREEROUTER_REDIS_URL": "redis://127.0.0.1:1/0",
+        "FREEROUTER_EXPLORE": "0.5",
     }
     s = load_settings(environ=env)
-    assert (s.race_width, s.first_token_timeout, s.idle_timeout, s.refresh_interval) == (2, 5, 7, 60)
+    assert (s.race_width, s.first_token_timeout, s.idle_timeout, s.refresh_interval) == (
+        2,
+        5,
+        7,
+        60,
+    )
     assert (s.cooldown_rate_limit, s.cooldown_slow, s.cooldown_rejected) == (11, 12, 13)
-    assert (s.hedge_delay, s.quota_reserve, s.state_dir, s.explore) == ("auto", 9, Path("/tmp/x"), 0.5)
+    assert (s.hedge_delay, s.quota_reserve, s.state_dir, s.explore) == (
+        "auto",
+        9,
+        Path("/tmp/x"),
+        0.5,
+    )
     assert s.redis_url == "redis://127.0.0.1:1/0"
     assert {f"FREEROUTER_{t.upper()}" for t in TUNABLES} == set(env)
 
 
 def test_precedence_arguments_then_params_then_environment() -> None:
     """api_key/api_base arguments beat OPENROUTER_*; litellm_params beat FREEROUTER_*."""
-    env = {"OPENROUTER_API_KEY": "env-key", "OPENROUTER_API_BASE": "http://env/api/v1",
-           "FREEROUTER_RACE_WIDTH": "5"}
-    s = load_settings({"race_width": 2}, api_key="arg-key", api_base="http://arg/api/v1", environ=env)
+    env = {
+        "OPENROUTER_API_KEY": "env-key",
+        "OPENROUTER_API_BASE": "http://env/api/v1",
+        "FREEROUTER_RACE_WIDTH": "5",
+    }
+    s = load_settings(
+        {"race_width": 2}, api_key="arg-key", api_base="http://arg/api/v1", environ=env
+    )
     assert (s.api_key, s.api_base, s.race_width) == ("arg-key", "http://arg/api/v1", 2)
     s = load_settings(environ=env)
     assert (s.api_key, s.api_base, s.race_width) == ("env-key", "http://env/api/v1", 5)
@@ -65,7 +91,9 @@ def test_bad_values_name_the_setting(name: str, value: object, message: str) -> 
 
 def test_timeouts_can_be_switched_off() -> None:
     """'none' (or 0) means no limit for the two timeouts."""
-    s = load_settings(environ={"FREEROUTER_FIRST_TOKEN_TIMEOUT": "none", "FREEROUTER_IDLE_TIMEOUT": "0"})
+    s = load_settings(
+        environ={"FREEROUTER_FIRST_TOKEN_TIMEOUT": "none", "FREEROUTER_IDLE_TIMEOUT": "0"}
+    )
     assert s.first_token_timeout is None and s.idle_timeout is None
 
 

@@ -30,18 +30,40 @@ def body(message: str, **metadata: object) -> dict[str, object]:
 @pytest.mark.parametrize(
     ("status", "payload", "kind", "scope"),
     [
-        (429, body("Rate limit exceeded: free-models-per-day. Add 10 credits",
-                   headers={"X-RateLimit-Reset": "1790000000000"}), "daily_quota", "account"),
+        (
+            429,
+            body(
+                "Rate limit exceeded: free-models-per-day. Add 10 credits",
+                headers={"X-RateLimit-Reset": "1790000000000"},
+            ),
+            "daily_quota",
+            "account",
+        ),
         (429, body("Rate limit exceeded: free-models-per-min."), "minute_limit", "account"),
-        (429, body("Provider returned error", raw="x/y:free is temporarily rate-limited upstream"),
-         "rate_limited", "model"),
+        (
+            429,
+            body("Provider returned error", raw="x/y:free is temporarily rate-limited upstream"),
+            "rate_limited",
+            "model",
+        ),
         (429, body("limit_rpm/x/y: high demand, 8 requests per minute"), "rate_limited", "model"),
-        (400, body("This endpoint's maximum context length is 8192 tokens. However, you requested"
-                   " about 9000 tokens"), "context", "request"),
+        (
+            400,
+            body(
+                "This endpoint's maximum context length is 8192 tokens. However, you requested"
+                " about 9000 tokens"
+            ),
+            "context",
+            "request",
+        ),
         (404, body("No endpoints found that support tool use"), "unsupported", "request"),
         (404, body("No endpoints found that support image input"), "unsupported", "request"),
-        (404, body("No endpoints found matching your data policy (Free model publication)"),
-         "privacy", "account"),
+        (
+            404,
+            body("No endpoints found matching your data policy (Free model publication)"),
+            "privacy",
+            "account",
+        ),
         (404, body("No endpoints found for x/y:free."), "gone", "model"),
         (401, body("No auth credentials found"), "auth", "account"),
         (402, body("Insufficient credits"), "credits", "account"),
@@ -61,7 +83,9 @@ def test_classification_by_scope(status: int, payload: object, kind: str, scope:
 
 def test_daily_reset_is_read_from_epoch_milliseconds() -> None:
     """X-RateLimit-Reset in ms becomes an epoch-seconds reset time and an HH:MM UTC message."""
-    failure = classify(429, body("free-models-per-day", headers={"X-RateLimit-Reset": "1790000000000"}))
+    failure = classify(
+        429, body("free-models-per-day", headers={"X-RateLimit-Reset": "1790000000000"})
+    )
     assert failure.reset_at == 1790000000.0
     message = account_message(failure)
     assert "free daily quota used; resets at 14:13 UTC" in message
@@ -70,8 +94,13 @@ def test_daily_reset_is_read_from_epoch_milliseconds() -> None:
 
 def test_retry_after_takes_the_longest_hint() -> None:
     """Retry-After, metadata.retry_after_seconds and availability.retry_after: the longest wins."""
-    payload = {"error": {"message": "busy", "metadata": {"retry_after_seconds": 40},
-                         "availability": {"code": "x", "retryable": True, "retry_after": 75}}}
+    payload = {
+        "error": {
+            "message": "busy",
+            "metadata": {"retry_after_seconds": 40},
+            "availability": {"code": "x", "retryable": True, "retry_after": 75},
+        }
+    }
     failure = classify(429, payload, {"Retry-After": "30"})
     assert failure.retry_after == 75
     assert classify(503, body("x"), {"retry-after": "12"}).retry_after == 12
@@ -79,9 +108,15 @@ def test_retry_after_takes_the_longest_hint() -> None:
 
 def test_error_chunk_code_as_number_or_string() -> None:
     """An in-stream error's code may be a number or a string; both classify."""
-    assert classify_error_chunk({"code": 429, "message": "Provider returned error"}, model="m").kind == "rate_limited"
+    assert (
+        classify_error_chunk({"code": 429, "message": "Provider returned error"}, model="m").kind
+        == "rate_limited"
+    )
     assert classify_error_chunk({"code": "502", "message": "boom"}, model="m").kind == "server"
-    assert classify_error_chunk({"code": "server_error", "message": "boom"}, model="m").kind == "server"
+    assert (
+        classify_error_chunk({"code": "server_error", "message": "boom"}, model="m").kind
+        == "server"
+    )
 
 
 def test_privacy_message_says_which_setting() -> None:
@@ -102,13 +137,21 @@ def test_privacy_message_says_which_setting() -> None:
         (UpstreamError(Failure("daily_quota", "account", "used")), litellm.RateLimitError),
         (UpstreamError(Failure("privacy", "account", "policy")), litellm.NotFoundError),
         (UpstreamError(Failure("credits", "account", "pay")), litellm.BadRequestError),
-        (AllModelsFailed([Failure("context", "request", "too long", "m")]),
-         litellm.ContextWindowExceededError),
+        (
+            AllModelsFailed([Failure("context", "request", "too long", "m")]),
+            litellm.ContextWindowExceededError,
+        ),
         (AllModelsFailed([Failure("rate_limited", "model", "busy", "m")]), litellm.RateLimitError),
         (AllModelsFailed([Failure("slow", "model", "slow", "m")]), litellm.Timeout),
-        (AllModelsFailed([Failure("server", "model", "down", "m"),
-                          Failure("rate_limited", "model", "busy", "n")]),
-         litellm.ServiceUnavailableError),
+        (
+            AllModelsFailed(
+                [
+                    Failure("server", "model", "down", "m"),
+                    Failure("rate_limited", "model", "busy", "n"),
+                ]
+            ),
+            litellm.ServiceUnavailableError,
+        ),
     ],
 )
 def test_mapping_to_litellm(error: Exception, expected: type[Exception]) -> None:
@@ -120,7 +163,11 @@ def test_mapping_to_litellm(error: Exception, expected: type[Exception]) -> None
 
 def test_all_failed_summarises_each_model() -> None:
     """The all-failed message lists the models and why each failed."""
-    error = AllModelsFailed([Failure("server", "model", "down", "a:free", 502),
-                             Failure("slow", "model", "no token", "b:free")])
+    error = AllModelsFailed(
+        [
+            Failure("server", "model", "down", "a:free", 502),
+            Failure("slow", "model", "no token", "b:free"),
+        ]
+    )
     assert "a:free: 502 server (down)" in str(error)
     assert "b:free: slow (no token)" in str(error)

@@ -61,9 +61,14 @@ def test_import_touches_no_network_and_starts_nothing() -> None:
         "assert 'freerouter' in __import__('litellm').provider_list\n"
         "print('ok')\n"
     )
-    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1",
-           "FREEROUTER_DISABLE_AUTOLOAD": "1", "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=env, timeout=120)
+    env = {
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "HF_HUB_OFFLINE": "1",
+        "FREEROUTER_DISABLE_AUTOLOAD": "1",
+        "PATH": "/usr/bin:/bin",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "ok"

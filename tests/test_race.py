@@ -48,8 +48,13 @@ def test_keepalives_and_role_chunks_are_not_tokens(upstream: Upstream) -> None:
     """Keep-alive comments and an empty role delta do not win; the first real text does."""
     upstream.sim.set_models(
         [
-            ModelScript("chatty/a:free", keepalives=5, keepalive_interval=0.01,
-                        first_token_delay=1.0, chunks=("late",)),
+            ModelScript(
+                "chatty/a:free",
+                keepalives=5,
+                keepalive_interval=0.01,
+                first_token_delay=1.0,
+                chunks=("late",),
+            ),
             fast("real/b:free", "real answer", delay=0.2),
         ]
     )
@@ -64,12 +69,16 @@ def test_tool_call_delta_is_a_token_and_streams_with_index(upstream: Upstream) -
             ModelScript(
                 "tools/a:free",
                 chunks=(),
-                tool_calls=({"id": "call_1", "name": "get_weather", "arguments": '{"city": "Oslo"}'},),
+                tool_calls=(
+                    {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                ),
             )
         ]
     )
     response = litellm.completion(
-        model="freerouter/auto", messages=MESSAGES, stream=True,
+        model="freerouter/auto",
+        messages=MESSAGES,
+        stream=True,
         tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
     )
     calls: dict[int, dict[str, str]] = {}
@@ -91,18 +100,22 @@ def test_non_streamed_tool_calls_are_assembled(upstream: Upstream) -> None:
     upstream.sim.set_models(
         [
             ModelScript(
-                "tools/a:free", chunks=(),
+                "tools/a:free",
+                chunks=(),
                 tool_calls=({"id": "call_9", "name": "lookup", "arguments": '{"q": "x y z"}'},),
             )
         ]
     )
     response = litellm.completion(
-        model="freerouter/auto", messages=MESSAGES,
+        model="freerouter/auto",
+        messages=MESSAGES,
         tools=[{"type": "function", "function": {"name": "lookup", "parameters": {}}}],
     )
     call = response.choices[0].message.tool_calls[0]
     assert (call.id, call.function.name, call.function.arguments) == (
-        "call_9", "lookup", '{"q": "x y z"}'
+        "call_9",
+        "lookup",
+        '{"q": "x y z"}',
     )
     assert response.choices[0].finish_reason == "tool_calls"
     assert response.freerouter_model == "tools/a:free"
@@ -114,7 +127,7 @@ def test_failed_batch_moves_on_and_each_model_is_tried_once(upstream: Upstream) 
         [ModelScript(f"bad/m{i}:free", status=500) for i in range(4)]
         + [fast("good/z:free", "finally")]
     )
-    text, chunks = ask(race_width=2)
+    text, _chunks = ask(race_width=2)
     assert text == "finally"
     called = upstream.sim.called_models()
     assert sorted(called) == sorted([f"bad/m{i}:free" for i in range(4)] + ["good/z:free"])
@@ -176,8 +189,8 @@ def test_failures_cool_the_model_for_their_setting(
     ask(**cooldowns)
     assert upstream.sim.calls_for("bad/a:free") == 1
     assert upstream.sim.calls_for("good/b:free") == 2
-    from litellm_freerouter.provider import _router
     from litellm_freerouter.config import load_settings
+    from litellm_freerouter.provider import _router
 
     health = _router(load_settings()).health
     assert 590 < health.cooling_for("bad/a:free") <= 600
@@ -187,8 +200,14 @@ def test_error_chunk_inside_200_counts_by_its_code(upstream: Upstream) -> None:
     """An error event before the first token fails that contender like the same HTTP status."""
     upstream.sim.set_models(
         [
-            ModelScript("oops/a:free", context_length=1000, chunks=("x",), error_chunk_after=0,
-                        error_code=429, error_message="Rate limit exceeded upstream"),
+            ModelScript(
+                "oops/a:free",
+                context_length=1000,
+                chunks=("x",),
+                error_chunk_after=0,
+                error_code=429,
+                error_message="Rate limit exceeded upstream",
+            ),
             fast("good/b:free", "fine", context_length=2000, delay=0.2),
         ]
     )
@@ -201,8 +220,15 @@ def test_error_chunk_inside_200_counts_by_its_code(upstream: Upstream) -> None:
 def test_error_chunk_after_winning_reaches_the_caller(upstream: Upstream) -> None:
     """A mid-answer error is raised to the caller as a litellm error, not swallowed."""
     upstream.sim.set_models(
-        [ModelScript("mid/a:free", chunks=("part", " two", " three"), error_chunk_after=1,
-                     error_code=502, error_message="provider crashed")]
+        [
+            ModelScript(
+                "mid/a:free",
+                chunks=("part", " two", " three"),
+                error_chunk_after=1,
+                error_code=502,
+                error_message="provider crashed",
+            )
+        ]
     )
     with pytest.raises(litellm.ServiceUnavailableError, match="provider crashed"):
         ask()
@@ -238,7 +264,9 @@ def test_all_models_cooling_fails_fast_without_upstream_calls(upstream: Upstream
     with pytest.raises(litellm.RateLimitError):
         ask(stream=False, cooldown_rate_limit=120)
     held = [{"role": "user", "content": "held back"}]
-    with pytest.raises(litellm.ServiceUnavailableError, match=r"all 3 free models .* cooling.*returns in 1[12]\d s"):
+    with pytest.raises(
+        litellm.ServiceUnavailableError, match=r"all 3 free models .* cooling.*returns in 1[12]\d s"
+    ):
         ask(messages=held)
     assert [q for q in upstream.sim.requests if q.body["messages"] == held] == []
 
@@ -303,8 +331,14 @@ def test_reasoning_counts_as_first_token_and_stays_separate(upstream: Upstream) 
     """A reasoning delta wins the race; reasoning never appears in the answer text."""
     upstream.sim.set_models(
         [
-            ModelScript("think/a:free", context_length=1000, reasoning=("Let me", " think"),
-                        first_token_delay=0.05, chunks=("Answer", " here"), chunk_delay=0.3),
+            ModelScript(
+                "think/a:free",
+                context_length=1000,
+                reasoning=("Let me", " think"),
+                first_token_delay=0.05,
+                chunks=("Answer", " here"),
+                chunk_delay=0.3,
+            ),
             fast("plain/b:free", "plain", context_length=2000, delay=0.2),
         ]
     )
@@ -338,7 +372,9 @@ def test_missing_key_is_an_error_at_request_time(monkeypatch: pytest.MonkeyPatch
         ask(stream=False)
 
 
-def test_arguments_beat_the_environment(upstream: Upstream, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_arguments_beat_the_environment(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """api_key and api_base arguments override OPENROUTER_API_KEY / OPENROUTER_API_BASE."""
     upstream.sim.set_models([fast("k/a:free", "keyed")])
     monkeypatch.setenv("OPENROUTER_API_KEY", "sk-wrong")
@@ -348,13 +384,19 @@ def test_arguments_beat_the_environment(upstream: Upstream, monkeypatch: pytest.
     assert upstream.sim.requests[0].authorized
 
 
-def test_logs_tell_the_story_and_never_the_key(upstream: Upstream, caplog: pytest.LogCaptureFixture) -> None:
+def test_logs_tell_the_story_and_never_the_key(
+    upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
     """The log has the race, the winner with its time, each cooldown; never the key."""
     caplog.set_level(logging.DEBUG, logger="litellm_freerouter")
     upstream.sim.set_models(
         [
-            ModelScript("rl/a:free", context_length=1000, status=429,
-                        error_message="Provider returned error"),
+            ModelScript(
+                "rl/a:free",
+                context_length=1000,
+                status=429,
+                error_message="Provider returned error",
+            ),
             fast("ok/b:free", "fine", context_length=2000, delay=0.1),
         ]
     )

@@ -17,9 +17,13 @@ from .conftest import KEY
 BASE = "http://openrouter.test/api/v1"
 MODELS = {
     "data": [
-        {"id": "a/one:free", "context_length": 4096, "pricing": {"prompt": "0", "completion": "0"},
-         "supported_parameters": ["tools", "max_tokens", "temperature"],
-         "architecture": {"input_modalities": ["text"]}},
+        {
+            "id": "a/one:free",
+            "context_length": 4096,
+            "pricing": {"prompt": "0", "completion": "0"},
+            "supported_parameters": ["tools", "max_tokens", "temperature"],
+            "architecture": {"input_modalities": ["text"]},
+        },
         {"id": "b/paid", "context_length": 4096, "pricing": {"prompt": "0.1", "completion": "0.2"}},
     ]
 }
@@ -66,8 +70,13 @@ def test_body_carries_messages_and_parameters_not_tunables(mocked: Any) -> None:
     """The upstream body has the model id, messages and caller parameters; tunables stay home."""
     mocked.post(f"{BASE}/chat/completions", body=sse("ok"), content_type="text/event-stream")
     litellm.completion(
-        model="freerouter/auto", messages=[{"role": "user", "content": "hi"}],
-        temperature=0, max_tokens=50, stop=["\n"], race_width=1, idle_timeout=5,
+        model="freerouter/auto",
+        messages=[{"role": "user", "content": "hi"}],
+        temperature=0,
+        max_tokens=50,
+        stop=["\n"],
+        race_width=1,
+        idle_timeout=5,
         tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
     )
     body, headers = sent(mocked)
@@ -85,8 +94,11 @@ def test_body_carries_messages_and_parameters_not_tunables(mocked: Any) -> None:
 def test_extra_body_is_merged(mocked: Any) -> None:
     """extra_body fields reach OpenRouter (e.g. its reasoning switch)."""
     mocked.post(f"{BASE}/chat/completions", body=sse("ok"), content_type="text/event-stream")
-    litellm.completion(model="freerouter/auto", messages=[{"role": "user", "content": "hi"}],
-                       extra_body={"reasoning": {"effort": "low"}})
+    litellm.completion(
+        model="freerouter/auto",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_body={"reasoning": {"effort": "low"}},
+    )
     body, _ = sent(mocked)
     assert body["reasoning"] == {"effort": "low"}
 
@@ -94,15 +106,36 @@ def test_extra_body_is_merged(mocked: Any) -> None:
 @pytest.mark.parametrize(
     ("status", "payload", "error", "text"),
     [
-        (401, {"error": {"code": 401, "message": "No auth credentials found"}},
-         litellm.AuthenticationError, "OPENROUTER_API_KEY"),
-        (429, {"error": {"code": 429, "message": "Rate limit exceeded: free-models-per-day",
-                         "metadata": {"headers": {"X-RateLimit-Reset": "4102444800000"}}}},
-         litellm.RateLimitError, "free daily quota used; resets at 00:00 UTC"),
-        (404, {"error": {"code": 404, "message": "No endpoints found matching your data policy"}},
-         litellm.NotFoundError, "settings/privacy"),
-        (400, {"error": {"code": 400, "message": "maximum context length is 10 tokens"}},
-         litellm.ContextWindowExceededError, "context"),
+        (
+            401,
+            {"error": {"code": 401, "message": "No auth credentials found"}},
+            litellm.AuthenticationError,
+            "OPENROUTER_API_KEY",
+        ),
+        (
+            429,
+            {
+                "error": {
+                    "code": 429,
+                    "message": "Rate limit exceeded: free-models-per-day",
+                    "metadata": {"headers": {"X-RateLimit-Reset": "4102444800000"}},
+                }
+            },
+            litellm.RateLimitError,
+            "free daily quota used; resets at 00:00 UTC",
+        ),
+        (
+            404,
+            {"error": {"code": 404, "message": "No endpoints found matching your data policy"}},
+            litellm.NotFoundError,
+            "settings/privacy",
+        ),
+        (
+            400,
+            {"error": {"code": 400, "message": "maximum context length is 10 tokens"}},
+            litellm.ContextWindowExceededError,
+            "context",
+        ),
     ],
 )
 def test_upstream_statuses_map_to_litellm_errors(
@@ -120,23 +153,36 @@ def test_daily_quota_is_remembered_without_sending(mocked: Any) -> None:
 
     def answer(url: Any, **kwargs: Any) -> CallbackResult:
         calls.append(1)
-        return CallbackResult(status=429, response_class=Response, payload={"error": {
-            "code": 429, "message": "Rate limit exceeded: free-models-per-day",
-            "metadata": {"headers": {"X-RateLimit-Reset": "4102444800000"}}}})
+        return CallbackResult(
+            status=429,
+            response_class=Response,
+            payload={
+                "error": {
+                    "code": 429,
+                    "message": "Rate limit exceeded: free-models-per-day",
+                    "metadata": {"headers": {"X-RateLimit-Reset": "4102444800000"}},
+                }
+            },
+        )
 
     mocked.post(f"{BASE}/chat/completions", callback=answer, repeat=True)
     for _ in range(3):
         with pytest.raises(litellm.RateLimitError, match="free daily quota used"):
-            litellm.completion(model="freerouter/auto", messages=[{"role": "user", "content": "x"}],
-                               api_base=BASE + "/")
+            litellm.completion(
+                model="freerouter/auto",
+                messages=[{"role": "user", "content": "x"}],
+                api_base=BASE + "/",
+            )
     assert len(calls) == 1
 
 
 def test_invalid_tunable_is_a_clear_bad_request(mocked: Any) -> None:
     """A bad tunable value names the setting and its variable; nothing is sent."""
     with pytest.raises(litellm.BadRequestError, match=r"race_width \(FREEROUTER_RACE_WIDTH\)"):
-        litellm.completion(model="freerouter/auto", messages=[{"role": "user", "content": "x"}],
-                           race_width="lots")
+        litellm.completion(
+            model="freerouter/auto", messages=[{"role": "user", "content": "x"}], race_width="lots"
+        )
     with pytest.raises(litellm.BadRequestError, match="race_width must be at least 1"):
-        litellm.completion(model="freerouter/auto", messages=[{"role": "user", "content": "x"}],
-                           race_width=0)
+        litellm.completion(
+            model="freerouter/auto", messages=[{"role": "user", "content": "x"}], race_width=0
+        )

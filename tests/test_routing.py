@@ -25,8 +25,9 @@ TEXT_ONLY = ("max_tokens", "temperature")
 
 
 def ask(**kwargs: Any) -> Any:
-    return litellm.completion(model="freerouter/auto", messages=kwargs.pop("messages", MESSAGES),
-                              **kwargs)
+    return litellm.completion(
+        model="freerouter/auto", messages=kwargs.pop("messages", MESSAGES), **kwargs
+    )
 
 
 def router() -> Router:
@@ -35,35 +36,51 @@ def router() -> Router:
 
 def test_tools_go_only_to_models_that_support_them(upstream: Upstream) -> None:
     """A request with tools races only models listing 'tools' in supported_parameters."""
-    upstream.sim.set_models([
-        fast("plain/a:free", "no tools", context_length=1000, supported_parameters=TEXT_ONLY),
-        fast("tools/b:free", "with tools", context_length=2000, delay=0.2),
-    ])
+    upstream.sim.set_models(
+        [
+            fast("plain/a:free", "no tools", context_length=1000, supported_parameters=TEXT_ONLY),
+            fast("tools/b:free", "with tools", context_length=2000, delay=0.2),
+        ]
+    )
     assert ask(tools=TOOLS).choices[0].message.content == "with tools"
     assert upstream.sim.called_models() == ["tools/b:free"]
 
 
 def test_images_go_only_to_vision_models(upstream: Upstream) -> None:
     """An image in the prompt races only models with image input."""
-    upstream.sim.set_models([
-        fast("text/a:free", "blind", context_length=1000),
-        fast("eyes/b:free", "I see", context_length=2000, delay=0.2,
-             input_modalities=("text", "image")),
-    ])
-    image = [{"role": "user", "content": [
-        {"type": "text", "text": "what is this?"},
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-    ]}]
+    upstream.sim.set_models(
+        [
+            fast("text/a:free", "blind", context_length=1000),
+            fast(
+                "eyes/b:free",
+                "I see",
+                context_length=2000,
+                delay=0.2,
+                input_modalities=("text", "image"),
+            ),
+        ]
+    )
+    image = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            ],
+        }
+    ]
     assert ask(messages=image).choices[0].message.content == "I see"
     assert upstream.sim.called_models() == ["eyes/b:free"]
 
 
 def test_long_prompt_skips_small_context_windows(upstream: Upstream) -> None:
     """A prompt larger than a model's context window is never sent to it."""
-    upstream.sim.set_models([
-        fast("small/a:free", "small", context_length=1000),
-        fast("big/b:free", "big", context_length=100000, delay=0.2),
-    ])
+    upstream.sim.set_models(
+        [
+            fast("small/a:free", "small", context_length=1000),
+            fast("big/b:free", "big", context_length=100000, delay=0.2),
+        ]
+    )
     long = [{"role": "user", "content": "word " * 4000}]
     assert ask(messages=long).choices[0].message.content == "big"
     assert upstream.sim.called_models() == ["big/b:free"]
@@ -79,10 +96,12 @@ def test_nothing_capable_fails_at_once_naming_the_need(upstream: Upstream) -> No
 
 def test_structured_output_needs_support(upstream: Upstream) -> None:
     """A JSON-schema response_format races only models that support structured output."""
-    upstream.sim.set_models([
-        fast("plain/a:free", "x", context_length=1000, supported_parameters=TEXT_ONLY),
-        fast("json/b:free", '{"a": 1}', context_length=2000, delay=0.2),
-    ])
+    upstream.sim.set_models(
+        [
+            fast("plain/a:free", "x", context_length=1000, supported_parameters=TEXT_ONLY),
+            fast("json/b:free", '{"a": 1}', context_length=2000, delay=0.2),
+        ]
+    )
     schema = {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}}}
     ask(response_format=schema)
     assert upstream.sim.called_models() == ["json/b:free"]
@@ -90,38 +109,59 @@ def test_structured_output_needs_support(upstream: Upstream) -> None:
 
 def test_context_error_benches_a_model_for_this_request_only(upstream: Upstream) -> None:
     """A context-length 400 skips the model for this request; it stays healthy for others."""
-    upstream.sim.set_models([
-        ModelScript("tight/a:free", context_length=1000, status=400,
-                    error_message="This endpoint's maximum context length is 1000 tokens."),
-        fast("roomy/b:free", "fits", context_length=2000, delay=0.2),
-    ])
+    upstream.sim.set_models(
+        [
+            ModelScript(
+                "tight/a:free",
+                context_length=1000,
+                status=400,
+                error_message="This endpoint's maximum context length is 1000 tokens.",
+            ),
+            fast("roomy/b:free", "fits", context_length=2000, delay=0.2),
+        ]
+    )
     assert ask().choices[0].message.content == "fits"
     assert router().health.cooling_for("tight/a:free") == 0
-    upstream.sim.set_models([
-        fast("tight/a:free", "short ok", context_length=1000),
-        fast("roomy/b:free", "fits", context_length=2000, delay=0.5),
-    ])
+    upstream.sim.set_models(
+        [
+            fast("tight/a:free", "short ok", context_length=1000),
+            fast("roomy/b:free", "fits", context_length=2000, delay=0.5),
+        ]
+    )
     assert ask().choices[0].message.content == "short ok"
 
 
 def test_retry_after_longer_than_default_holds_the_model_out(upstream: Upstream) -> None:
     """A Retry-After longer than the cooldown is honoured."""
-    upstream.sim.set_models([
-        ModelScript("busy/a:free", context_length=1000, status=429,
-                    error_message="Provider returned error", error_headers={"Retry-After": "600"}),
-        fast("ok/b:free", "ok", context_length=2000, delay=0.2),
-    ])
+    upstream.sim.set_models(
+        [
+            ModelScript(
+                "busy/a:free",
+                context_length=1000,
+                status=429,
+                error_message="Provider returned error",
+                error_headers={"Retry-After": "600"},
+            ),
+            fast("ok/b:free", "ok", context_length=2000, delay=0.2),
+        ]
+    )
     ask()
     assert 590 < router().health.cooling_for("busy/a:free") <= 600
 
 
 def test_minute_limit_stops_without_cooling_models(upstream: Upstream) -> None:
     """The account's per-minute 429 stops the request and holds calls, but cools no model."""
-    upstream.sim.set_models([
-        ModelScript("a/a:free", context_length=1000, status=429,
-                    error_message="Rate limit exceeded: free-models-per-min. "),
-        fast("b/b:free", "late", context_length=2000, delay=2.0),
-    ])
+    upstream.sim.set_models(
+        [
+            ModelScript(
+                "a/a:free",
+                context_length=1000,
+                status=429,
+                error_message="Rate limit exceeded: free-models-per-min. ",
+            ),
+            fast("b/b:free", "late", context_length=2000, delay=2.0),
+        ]
+    )
     with pytest.raises(litellm.RateLimitError, match="20 requests a minute"):
         ask()
     held = [{"role": "user", "content": "held back"}]
@@ -135,8 +175,12 @@ def test_minute_limit_stops_without_cooling_models(upstream: Upstream) -> None:
 def test_daily_quota_is_spent_and_then_held(upstream: Upstream) -> None:
     """Once the day's quota is gone, calls fail at once with the reset time; nothing is sent."""
     upstream.sim.daily_quota = 3
-    upstream.sim.set_models([fast(f"m/{i}:free", f"answer {i}", delay=0.05 * i,
-                                  context_length=1000 + i) for i in range(3)])
+    upstream.sim.set_models(
+        [
+            fast(f"m/{i}:free", f"answer {i}", delay=0.05 * i, context_length=1000 + i)
+            for i in range(3)
+        ]
+    )
     ask(race_width=3)  # spends 3
     with pytest.raises(litellm.RateLimitError, match=r"free daily quota used; resets at 00:00 UTC"):
         ask(race_width=3)
@@ -149,11 +193,13 @@ def test_daily_quota_is_spent_and_then_held(upstream: Upstream) -> None:
 
 def test_hedged_racing_spends_about_one_request_per_answer(upstream: Upstream) -> None:
     """With hedge_delay=auto, a warmed-up router mostly sends one request per answer."""
-    upstream.sim.set_models([
-        fast("slow/a:free", "slow", delay=1.0, context_length=1000),
-        fast("fast/b:free", "fast", delay=0.1, context_length=2000),
-        fast("mid/c:free", "mid", delay=0.6, context_length=3000),
-    ])
+    upstream.sim.set_models(
+        [
+            fast("slow/a:free", "slow", delay=1.0, context_length=1000),
+            fast("fast/b:free", "fast", delay=0.1, context_length=2000),
+            fast("mid/c:free", "mid", delay=0.6, context_length=3000),
+        ]
+    )
     assert ask().choices[0].message.content == "fast"  # races all three, learns who is fast
     before = len(upstream.sim.requests)
     for _ in range(10):
@@ -164,15 +210,19 @@ def test_hedged_racing_spends_about_one_request_per_answer(upstream: Upstream) -
 
 def test_hedged_race_adds_a_contender_when_the_leader_is_late(upstream: Upstream) -> None:
     """A hedged race starts the next model once the leader is past its usual first-token time."""
-    upstream.sim.set_models([
-        fast("lead/a:free", "lead", delay=0.05, context_length=1000),
-        fast("backup/b:free", "backup", delay=0.05, context_length=2000),
-    ])
+    upstream.sim.set_models(
+        [
+            fast("lead/a:free", "lead", delay=0.05, context_length=1000),
+            fast("backup/b:free", "backup", delay=0.05, context_length=2000),
+        ]
+    )
     ask(race_width=1)  # the leader is measured at ~50 ms
-    upstream.sim.set_models([
-        fast("lead/a:free", "lead now slow", delay=3.0, context_length=1000),
-        fast("backup/b:free", "backup", delay=0.05, context_length=2000),
-    ])
+    upstream.sim.set_models(
+        [
+            fast("lead/a:free", "lead now slow", delay=3.0, context_length=1000),
+            fast("backup/b:free", "backup", delay=0.05, context_length=2000),
+        ]
+    )
     assert ask(hedge_delay="auto").choices[0].message.content == "backup"
 
 
@@ -182,8 +232,9 @@ def test_quota_reserve_narrows_the_race_and_says_so_once(
     """Below the reserve of daily requests, the race narrows to one model, logged once."""
     caplog.set_level(logging.INFO, logger="litellm_freerouter")
     upstream.sim.daily_quota = 30
-    upstream.sim.set_models([fast(f"m/{i}:free", "hi", delay=0.05 * i, context_length=1000 + i)
-                             for i in range(3)])
+    upstream.sim.set_models(
+        [fast(f"m/{i}:free", "hi", delay=0.05 * i, context_length=1000 + i) for i in range(3)]
+    )
     ask()
     r = router()
 
@@ -201,13 +252,17 @@ def test_quota_reserve_narrows_the_race_and_says_so_once(
     assert caplog.text.count("racing one model at a time") == 1
 
 
-def test_fastest_model_leads_after_a_few_requests(upstream: Upstream, caplog: pytest.LogCaptureFixture) -> None:
+def test_fastest_model_leads_after_a_few_requests(
+    upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
     """Whatever the catalogue order, the measured-fastest model ends up first in the batch."""
     caplog.set_level(logging.INFO, logger="litellm_freerouter")
-    upstream.sim.set_models([
-        fast(f"m/{i}:free", f"from {i}", delay=d, context_length=1000 + i)
-        for i, d in enumerate([0.5, 0.4, 0.3, 0.02])
-    ])
+    upstream.sim.set_models(
+        [
+            fast(f"m/{i}:free", f"from {i}", delay=d, context_length=1000 + i)
+            for i, d in enumerate([0.5, 0.4, 0.3, 0.02])
+        ]
+    )
     for _ in range(3):
         ask(race_width=2, explore=1.0)
     caplog.clear()
@@ -217,10 +272,12 @@ def test_fastest_model_leads_after_a_few_requests(upstream: Upstream, caplog: py
 
 def test_endpoint_latency_seeds_the_order(upstream: Upstream) -> None:
     """OpenRouter's per-endpoint latency ranks never-measured models."""
-    upstream.sim.set_models([
-        fast("slowprior/a:free", "a", context_length=1000, endpoint_latency_ms=5000),
-        fast("fastprior/b:free", "b", context_length=2000, endpoint_latency_ms=200),
-    ])
+    upstream.sim.set_models(
+        [
+            fast("slowprior/a:free", "a", context_length=1000, endpoint_latency_ms=5000),
+            fast("fastprior/b:free", "b", context_length=2000, endpoint_latency_ms=200),
+        ]
+    )
     r = router()
 
     async def learned() -> None:
@@ -240,9 +297,13 @@ def test_endpoint_latency_seeds_the_order(upstream: Upstream) -> None:
 
 
 def make_router(clock: list[float]) -> Router:
-    return Router("http://x", session=lambda: None,  # type: ignore[arg-type,return-value]
-                  refresh_interval=3600, health=Health(clock=lambda: clock[0]),
-                  rng=random.Random(7))
+    return Router(
+        "http://x",
+        session=lambda: None,  # type: ignore[arg-type,return-value]
+        refresh_interval=3600,
+        health=Health(clock=lambda: clock[0]),
+        rng=random.Random(7),
+    )
 
 
 MODELS = [FreeModel(f"m/{i}:free", context_length=1000 * (i + 1)) for i in range(5)]
