@@ -81,7 +81,9 @@ def estimate_tokens(messages: Sequence[Any], tools: Any = None) -> int:
 
 
 def requirements_of(body: Mapping[str, Any]) -> Requirements:
-    messages = body.get("messages") or []
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        messages = []
     response_format = body.get("response_format")
     structured = isinstance(response_format, Mapping) and response_format.get("type") in (
         "json_schema",

@@ -184,7 +184,10 @@ class Router:
             if latency is not None:
                 self.health.set_prior(model_id, latency)
 
-        await asyncio.gather(*(one(m) for m in ids))
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.create_task(one(m), name=f"freerouter-catalog-endpoints:{m}") for m in ids)
+        )
         if providers:
             self.catalog.annotate(providers)
 

@@ -75,7 +75,11 @@ def engine_tasks() -> list[str]:
 
     async def names() -> list[str]:
         me = asyncio.current_task()
-        return sorted(t.get_name() for t in asyncio.all_tasks() if t is not me and not t.done())
+        return sorted(
+            f"{t.get_name()} {t.get_coro()!r}"
+            for t in asyncio.all_tasks()
+            if t is not me and not t.done()
+        )
 
     return engine.get_engine().submit(names()).result(5)
 

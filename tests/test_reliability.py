@@ -1,0 +1,337 @@
+"""The reliability suite: every fault class, streamed and not, sync and async; then load.
+
+For each fault the caller must get the right outcome (a clean fallback to a healthy model, or a
+clear error of the right class), and afterwards no upstream stream may be open and no request
+task may be pending on the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import litellm
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from litellm_freerouter import engine
+from litellm_freerouter.catalog import FreeModel
+from litellm_freerouter.requirements import capable, requirements_of
+from litellm_freerouter.simulator import ModelScript
+
+from .conftest import Upstream, fast, request_tasks
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    script: dict[str, Any]
+    # None: the healthy fallback answers. Otherwise the litellm error class the caller gets.
+    error: type[Exception] | None = None
+    says: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+PER_DAY = {"headers": {"X-RateLimit-Reset": "4102444800000"}}
+FAULTS = [
+    Fault(
+        "daily quota",
+        {
+            "status": 429,
+            "error_message": "Rate limit exceeded: free-models-per-day",
+            "error_metadata": PER_DAY,
+        },
+        litellm.RateLimitError,
+        "free daily quota",
+    ),
+    Fault(
+        "minute limit",
+        {"status": 429, "error_message": "Rate limit exceeded: free-models-per-min"},
+        litellm.RateLimitError,
+        "a minute",
+    ),
+    Fault(
+        "upstream rate limit",
+        {
+            "status": 429,
+            "error_message": "Provider returned error",
+            "error_metadata": {"raw": "x:free is temporarily rate-limited upstream"},
+        },
+    ),
+    Fault("model rpm", {"status": 429, "error_message": "limit_rpm/x/y: high demand"}),
+    Fault(
+        "context length", {"status": 400, "error_message": "maximum context length is 10 tokens"}
+    ),
+    Fault(
+        "no tool support",
+        {"status": 404, "error_message": "No endpoints found that support tool use"},
+    ),
+    Fault(
+        "data policy",
+        {"status": 404, "error_message": "No endpoints found matching your data policy"},
+        litellm.NotFoundError,
+        "settings/privacy",
+    ),
+    Fault("model gone", {"status": 404, "error_message": "No endpoints found for x."}),
+    Fault(
+        "bad key",
+        {"status": 401, "error_message": "No auth credentials found"},
+        litellm.AuthenticationError,
+        "OPENROUTER_API_KEY",
+    ),
+    Fault(
+        "no credits",
+        {"status": 402, "error_message": "Insufficient credits"},
+        litellm.BadRequestError,
+        "credits",
+    ),
+    Fault("moderation", {"status": 403, "error_message": "flagged"}),
+    Fault("request timeout", {"status": 408}),
+    Fault("server error", {"status": 500}),
+    Fault("bad gateway", {"status": 502}),
+    Fault("unavailable", {"status": 503}),
+    Fault("rejected", {"status": 422}),
+    Fault("stall before token", {"stall_before_first_token": True}),
+    Fault(
+        "keepalives then stall",
+        {"keepalives": 3, "keepalive_interval": 0.01, "stall_before_first_token": True},
+    ),
+    Fault("error chunk", {"error_chunk_after": 0, "error_code": 502}),
+    Fault("error chunk, string code", {"error_chunk_after": 0, "error_code": "server_error"}),
+    Fault("malformed then dropped", {"malformed_lines": 5, "drop_after_chunks": 0}),
+    Fault("reset before token", {"drop_after_chunks": 0}),
+    Fault("empty answer", {"empty": True}),
+    Fault(
+        "stall after token",
+        {"stall_after_chunks": 1, "chunks": ("one", " two")},
+        litellm.Timeout,
+        "sent nothing for",
+    ),
+    Fault(
+        "reset after token",
+        {"drop_after_chunks": 1, "chunks": ("one", " two")},
+        litellm.ServiceUnavailableError,
+        "connection lost",
+    ),
+    Fault(
+        "error chunk after token",
+        {"error_chunk_after": 1, "chunks": ("one", " two"), "error_message": "provider crashed"},
+        litellm.ServiceUnavailableError,
+        "provider crashed",
+    ),
+]
+MODES = [("sync", True), ("sync", False), ("async", True), ("async", False)]
+
+
+async def call(mode: str, stream: bool, **kwargs: Any) -> str:
+    request = {
+        "model": "freerouter/auto",
+        "messages": [{"role": "user", "content": "go"}],
+        "stream": stream,
+        "first_token_timeout": 1.0,
+        "idle_timeout": 0.5,
+        **kwargs,
+    }
+    if mode == "sync":
+
+        def run() -> str:
+            response = litellm.completion(**request)
+            if not stream:
+                return response.choices[0].message.content or ""
+            return "".join(c.choices[0].delta.content or "" for c in response)
+
+        return await asyncio.to_thread(run)
+    response = await litellm.acompletion(**request)
+    if not stream:
+        return response.choices[0].message.content or ""
+    return "".join([c.choices[0].delta.content or "" async for c in response])
+
+
+def unwrap(error: BaseException) -> BaseException:
+    """litellm >= 1.8x re-raises stream errors as MidStreamFallbackError around the original."""
+    return getattr(error, "original_exception", None) or error
+
+
+@pytest.mark.parametrize(
+    ("mode", "stream"), MODES, ids=[f"{m}-{'stream' if s else 'whole'}" for m, s in MODES]
+)
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
+async def test_fault(upstream: Upstream, fault: Fault, mode: str, stream: bool) -> None:
+    """Each fault gives a clean fallback or its own clear error, and leaves nothing open."""
+    faulty = ModelScript("faulty/a:free", context_length=1000, **fault.script)
+    healthy = fast("healthy/b:free", "fallback answer", delay=0.25, context_length=2000)
+    upstream.sim.set_models(
+        [faulty, healthy] if fault.error is None or "after" not in fault.name else [faulty]
+    )
+    if fault.error is None:
+        assert await call(mode, stream) == "fallback answer"
+        assert upstream.sim.calls_for("faulty/a:free") == 1
+    else:
+        with pytest.raises(Exception) as caught:
+            await call(mode, stream)
+        error = unwrap(caught.value)
+        assert isinstance(error, fault.error), repr(caught.value)
+        assert fault.says in str(error)
+    await asyncio.to_thread(upstream.wait_idle, 5)
+    assert request_tasks() == []
+
+
+async def test_models_down_at_refresh_keeps_serving(upstream: Upstream) -> None:
+    """When /models fails at refresh, the last good list keeps serving."""
+    from litellm_freerouter.config import load_settings
+    from litellm_freerouter.provider import _router
+
+    upstream.sim.set_models([fast("a/a:free", "still here")])
+    assert await call("async", True) == "still here"
+    upstream.sim.models_status = 503
+    router = _router(load_settings())
+    refreshed = await asyncio.wrap_future(engine.get_engine().submit(router.catalog.refresh()))
+    assert refreshed is False
+    assert await call("async", False) == "still here"
+    assert await call("sync", True) == "still here"
+
+
+def test_dns_failure_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name that does not resolve fails the call with 'cannot reach', not a hang."""
+    from aioresponses import aioresponses
+
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-test")
+    base = "http://no-such-host.invalid/api/v1"
+    dns = aiohttp.ClientConnectorError(
+        aiohttp.client_reqrep.ConnectionKey(
+            "no-such-host.invalid", 80, False, True, None, None, None
+        ),
+        OSError(-2, "Name or service not known"),
+    )
+    with aioresponses() as mocked:
+        mocked.get(f"{base}/models", exception=dns, repeat=True)
+        with pytest.raises(litellm.ServiceUnavailableError, match="cannot reach"):
+            litellm.completion(
+                model="freerouter/auto", api_base=base, messages=[{"role": "user", "content": "x"}]
+            )
+
+
+# --- property tests of the request-requirement logic --------------------------------------
+
+PARAMS = st.frozensets(
+    st.sampled_from(["tools", "response_format", "structured_outputs", "max_tokens", "temperature"])
+)
+MODELS = st.lists(
+    st.builds(
+        FreeModel,
+        id=st.from_regex(r"[a-z]{1,5}/[a-z]{1,5}:free", fullmatch=True),
+        context_length=st.one_of(st.none(), st.integers(1, 200000)),
+        max_completion_tokens=st.one_of(st.none(), st.integers(1, 50000)),
+        supported_parameters=PARAMS,
+        input_modalities=st.frozensets(st.sampled_from(["text", "image", "audio"])),
+    ),
+    max_size=8,
+)
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSONISH, MODELS)
+def test_requirements_never_crash_and_never_admit_an_unfit_model(
+    body: Any, models: list[FreeModel]
+) -> None:
+    """Any body shape is read without crashing; every admitted model meets every need."""
+    request = body if isinstance(body, dict) else {"messages": body}
+    needs = requirements_of(request)
+    try:
+        ok = capable(models, needs)
+    except Exception as error:  # only the documented "nothing can serve it" error is allowed
+        assert type(error).__name__ == "NoCapableModel"
+        assert models and all(needs.unmet_by(m) for m in models)
+        return
+    for model in ok:
+        assert needs.unmet_by(model) is None
+        if needs.images:
+            assert "image" in model.input_modalities
+        if needs.tools and model.supported_parameters:
+            assert "tools" in model.supported_parameters
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=200), min_size=1, max_size=6), st.integers(0, 5000))
+def test_bigger_prompts_never_fit_more_models(texts: list[str], extra: int) -> None:
+    """Adding text to a prompt never makes a model that could not serve it able to."""
+    models = [FreeModel(f"m/{i}:free", context_length=c) for i, c in enumerate([50, 500, 5000])]
+    small = {"messages": [{"role": "user", "content": t} for t in texts]}
+    big = {"messages": [*small["messages"], {"role": "user", "content": "x" * extra}]}
+    fit_small = {m.id for m in models if requirements_of(small).unmet_by(m) is None}
+    fit_big = {m.id for m in models if requirements_of(big).unmet_by(m) is None}
+    assert fit_big <= fit_small
+
+
+# --- cancellation under load ---------------------------------------------------------------
+
+
+def in_use_connections() -> int:
+    """Connections the engine's pool has handed out and not got back (private but telling)."""
+
+    async def count() -> int:
+        connector = engine.get_engine().session().connector
+        return len(getattr(connector, "_acquired", ()))
+
+    return engine.get_engine().submit(count()).result(5)
+
+
+async def test_thousand_requests_with_random_aborts_leave_nothing_open(upstream: Upstream) -> None:
+    """1000 streamed requests, many abandoned at random points, leave zero upstream streams."""
+    rng = random.Random(1234)
+    upstream.sim.set_models(
+        [
+            ModelScript(
+                f"m/{i}:free",
+                context_length=1000 + i,
+                first_token_delay=0.01 * i,
+                chunks=tuple(f" w{j}" for j in range(30)),
+                chunk_delay=0.002,
+            )
+            for i in range(4)
+        ]
+    )
+    limit = asyncio.Semaphore(100)
+    finished = aborted = 0
+
+    async def one(i: int) -> None:
+        nonlocal finished, aborted
+        async with limit:
+            stop_after = rng.choice([None, 0, 1, 5, 15])
+            try:
+                response = await asyncio.wait_for(
+                    litellm.acompletion(
+                        model="freerouter/auto",
+                        stream=True,
+                        messages=[{"role": "user", "content": f"r{i}"}],
+                    ),
+                    timeout=rng.choice([0.001, 30, 30, 30]),
+                )
+                seen = 0
+                async for _ in response:
+                    seen += 1
+                    if stop_after is not None and seen > stop_after:
+                        await response.completion_stream.aclose()
+                        aborted += 1
+                        return
+                finished += 1
+            except asyncio.TimeoutError:
+                aborted += 1
+
+    await asyncio.gather(*(one(i) for i in range(1000)))
+    assert finished + aborted == 1000 and finished > 100 and aborted > 100
+    await asyncio.to_thread(upstream.wait_idle, 10)
+    assert upstream.sim.open_streams == 0
+    assert request_tasks() == []
+    assert in_use_connections() == 0
