@@ -7,10 +7,10 @@ package is installed in, so it must be cheap and must never fail.  It loads *thi
 two modules is imported, then acts once that module has finished executing:
 
 * ``litellm``: import ``litellm_freerouter``, which registers the provider and its model info;
-* ``aider.models``: tell aider the context window, the zero cost, default edit settings and the
-  key the model needs, so that aider neither warns about an unknown model nor downloads metadata
-  for it.  A user's own ``.aider.model.settings.yml`` and ``.aider.model.metadata.json`` still win:
-  aider reads them later and they replace these entries.
+* ``aider.models``: tell aider the context window, the zero cost and default edit settings, so
+  that aider neither warns about an unknown model nor tries to download metadata for it.  A
+  user's ``.aider.model.settings.yml`` and ``.aider.model.metadata.json`` still win: aider reads
+  them later, and their entries replace these.
 
 If either module is already imported when :func:`install` runs, its step runs at once.  Every
 step is idempotent (the ``.pth`` may be processed twice, and this file may be loaded both by path
@@ -57,16 +57,15 @@ MODEL_INFO: dict[str, Any] = {
     "supports_reasoning": True,
 }
 
-# aider's settings for the capable free models it knows (deepseek-chat-v3:free and the like).
+# The settings aider gives the capable free models it knows (deepseek-chat-v3:free and the
+# like); the weak and editor models default to freerouter/auto itself.
 AIDER_SETTINGS: dict[str, Any] = {
     "edit_format": "diff",
-    "weak_model_name": MODEL_NAME,
     "use_repo_map": True,
     "examples_as_sys_msg": True,
-    "editor_edit_format": "editor-diff",
 }
 
-# Marks our finder and our wrappers, whichever copy of this file made them.
+# Marks our finder, whichever copy of this file made it.
 _MARK = "_litellm_freerouter_autoload"
 
 
@@ -101,29 +100,6 @@ def _on_aider_models(models: ModuleType) -> None:
     settings = models.MODEL_SETTINGS
     if not any(getattr(entry, "name", None) == MODEL_NAME for entry in settings):
         settings.append(models.ModelSettings(name=MODEL_NAME, **AIDER_SETTINGS))
-    _patch_key_check(models)
-
-
-def _patch_key_check(models: ModuleType) -> None:
-    """Make aider check for OPENROUTER_API_KEY, as it does for ``openrouter/`` models.
-
-    Otherwise it asks litellm, which knows no keys for a custom provider and makes aider warn
-    "Unknown which environment variables are required".
-    """
-    model_class = models.Model
-    original = model_class.fast_validate_environment
-    if getattr(original, _MARK, False):
-        return
-    validate_variables = models.validate_variables
-
-    def fast_validate_environment(self: Any) -> Any:
-        if str(getattr(self, "name", "")).startswith("freerouter/"):
-            return validate_variables(["OPENROUTER_API_KEY"])
-        return original(self)
-
-    setattr(fast_validate_environment, _MARK, True)
-    fast_validate_environment.__wrapped__ = original  # type: ignore[attr-defined]
-    model_class.fast_validate_environment = fast_validate_environment
 
 
 _HOOKS: dict[str, Callable[[ModuleType], None]] = {

@@ -29,6 +29,54 @@ CANCEL_TIMEOUT = 5.0
 POLL = 0.25
 
 _ITEM, _END, _ERROR = 0, 1, 2
+# A caller may fall this many chunks behind before the producer waits for it...
+HIGH_WATER = 64
+# ...and by default, one that takes nothing for this long while chunks wait has gone away
+# (litellm 1.81's proxy drops a disconnected client's stream without closing it).
+CONSUMER_TIMEOUT = 30.0
+
+
+class ConsumerGone(Exception):
+    """The caller stopped reading without closing the stream."""
+
+
+class _Credit:
+    """Flow control between the engine's producer and a caller in another thread."""
+
+    __slots__ = ("_loop", "_space", "_timeout", "consumed", "produced")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float | None) -> None:
+        self._loop = loop
+        self._timeout = timeout
+        self._space: asyncio.Event | None = None
+        self.produced = 0
+        self.consumed = 0
+
+    async def sent(self) -> None:
+        """On the engine: one more item is waiting; wait while the caller is far behind."""
+        self.produced += 1
+        if self.produced - self.consumed < HIGH_WATER:
+            return
+        if self._space is None:
+            self._space = asyncio.Event()
+        self._space.clear()
+        if self.produced - self.consumed < HIGH_WATER:  # the caller caught up meanwhile
+            return
+        try:
+            await asyncio.wait_for(self._space.wait(), self._timeout)
+        except asyncio.TimeoutError:
+            raise ConsumerGone(f"the caller took nothing for {self._timeout:g} s") from None
+
+    def taken(self) -> None:
+        """In the caller's thread: one item was taken."""
+        self.consumed += 1
+        space = self._space
+        if space is not None and not space.is_set():
+            if self.produced - self.consumed <= HIGH_WATER // 2:
+                try:
+                    self._loop.call_soon_threadsafe(space.set)
+                except RuntimeError:  # the engine is shutting down
+                    pass
 
 
 class Engine:
@@ -114,17 +162,22 @@ atexit.register(shutdown)
 
 
 def stream_sync(
-    make: Callable[[], AsyncIterator[T]], *, first_item_timeout: float | None = None
+    make: Callable[[], AsyncIterator[T]],
+    *,
+    first_item_timeout: float | None = None,
+    consumer_timeout: float | None = CONSUMER_TIMEOUT,
 ) -> Iterator[T]:
     """Iterate an async generator, run on the engine, from plain blocking code."""
     engine = get_engine()
     items: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
     finished = threading.Event()
+    credit = _Credit(engine.loop, consumer_timeout)
 
     async def pump() -> None:
         try:
             async for item in make():
                 items.put((_ITEM, item))
+                await credit.sent()
             items.put((_END, None))
         except asyncio.CancelledError:
             raise
@@ -153,6 +206,7 @@ def stream_sync(
                 continue
             got_first = True
             if kind == _ITEM:
+                credit.taken()
                 yield value
             elif kind == _END:
                 return
@@ -164,12 +218,15 @@ def stream_sync(
             finished.wait(CANCEL_TIMEOUT)
 
 
-async def stream_async(make: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]:
+async def stream_async(
+    make: Callable[[], AsyncIterator[T]], *, consumer_timeout: float | None = CONSUMER_TIMEOUT
+) -> AsyncIterator[T]:
     """Iterate an async generator, run on the engine, from the caller's own loop."""
     engine = get_engine()
     loop = asyncio.get_running_loop()
     items: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
     finished = asyncio.Event()
+    credit = _Credit(engine.loop, consumer_timeout)
 
     def put(entry: tuple[int, Any]) -> None:
         try:
@@ -181,6 +238,7 @@ async def stream_async(make: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]
         try:
             async for item in make():
                 put((_ITEM, item))
+                await credit.sent()
             put((_END, None))
         except asyncio.CancelledError:
             raise
@@ -195,6 +253,7 @@ async def stream_async(make: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]
         while True:
             kind, value = await items.get()
             if kind == _ITEM:
+                credit.taken()
                 yield value
             elif kind == _END:
                 return

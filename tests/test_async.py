@@ -182,3 +182,22 @@ async def test_sync_call_inside_a_running_loop(upstream: Upstream) -> None:
     assert r.choices[0].message.content == "no deadlock"
     stream = litellm.completion(model="freerouter/auto", messages=MESSAGES, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream) == "no deadlock"
+
+
+async def test_abandoned_stream_is_cancelled_once_the_caller_stops_reading(
+    served: tuple[Simulator, TestServer],
+) -> None:
+    """A caller that stops reading without closing (litellm 1.81's proxy on a disconnect) is
+    detected by flow control within idle_timeout: the race is cancelled, upstream closed."""
+    sim, _ = served
+    sim.set_models([ModelScript("long/a:free", chunks=tuple(f" z{i}" for i in range(2000)),
+                                chunk_delay=0.005)])
+    stream = await litellm.acompletion(
+        model="freerouter/auto", messages=MESSAGES, stream=True, idle_timeout=0.3
+    )
+    async for _ in stream:
+        break  # and never read again, never close
+    await sim.wait_idle(5)
+    assert sim.closed_by_client == 1
+    assert sim.requests[0].outcome == "client_closed"
+    del stream

@@ -1,0 +1,1 @@
+"""End-to-end tests: real external programs (aider, the proxy) against the simulator."""
