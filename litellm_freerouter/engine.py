@@ -71,12 +71,12 @@ class _Credit:
         """In the caller's thread: one item was taken."""
         self.consumed += 1
         space = self._space
-        if space is not None and not space.is_set():
-            if self.produced - self.consumed <= HIGH_WATER // 2:
-                try:
-                    self._loop.call_soon_threadsafe(space.set)
-                except RuntimeError:  # the engine is shutting down
-                    pass
+        caught_up = self.produced - self.consumed <= HIGH_WATER // 2
+        if space is not None and caught_up and not space.is_set():
+            try:
+                self._loop.call_soon_threadsafe(space.set)
+            except RuntimeError:  # the engine is shutting down
+                pass
 
 
 class Engine:
