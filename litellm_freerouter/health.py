@@ -1,7 +1,13 @@
 """What the router knows about each model and the account: cooldowns, speed, success, quota.
 
+The knowledge lives in a :class:`~litellm_freerouter.state.StateStore` (memory, SQLite or
+Redis) so that other processes share it; :class:`Health` is its meaning.  It reads the whole
+state once per request (:meth:`Health.refresh`), answers every question from that copy, and
+sends each change to the store as a pure function of the old entry, which the store applies
+atomically: two processes recording a failure at once count two failures.
+
 Times are wall-clock epoch seconds (``clock=time.time``) rather than monotonic ones, because
-this state is shared between processes (issue 5); tests inject a fake clock.  All methods are
+they are compared across processes and hosts; tests inject a fake clock.  All methods are
 thread-safe and cheap: the sync and async paths and the CLI read the same object.
 """
 
@@ -10,10 +16,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from .errors import Failure, next_utc_midnight
+from .state.base import ACCOUNT, COOL, MODEL, Entry, StateStore
+from .state.memory import MemoryStore
 
 # Until a model is measured, assume this first-token time (seconds): slower than a typical
 # measured model, so a model that proved fast keeps its lead, yet fast enough to be explored.
@@ -23,6 +32,10 @@ DECAY = 0.8
 SAMPLES = 32
 # Seconds a failed attempt is taken to cost, in ranking (a new contender must start).
 FAILURE_COST = 2.0
+# Statistics of a model not raced for this long are forgotten.
+STATS_KEEP = 7 * 86400.0
+# A quota entry outlives its reset by a day, so that the limit is still known the next day.
+QUOTA_KEEP = 86400.0
 
 
 @dataclass(slots=True)
@@ -72,7 +85,7 @@ class ModelStats:
 class Quota:
     limit: int | None = None
     remaining: int | None = None
-    used_here: int = 0  # upstream requests this process (or shared state) counted since read
+    used_here: int = 0  # upstream requests counted (by every sharing process) since read
     resets_at: float = 0.0
 
 
@@ -92,13 +105,67 @@ class ModelView:
 
 
 class Health:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.time, store: StateStore | None = None
+    ) -> None:
         self.clock = clock
+        self.store: StateStore = store if store is not None else MemoryStore()
         self._lock = threading.RLock()
         self._models: dict[str, ModelStats] = {}
         self._blocked: Failure | None = None
         self._blocked_until = 0.0
-        self.quota = Quota()
+        self._quota = Quota()
+        # The model entries behind the current copy, to skip rebuilding unchanged ones.
+        self._last: dict[str, Entry | None] = {}
+        self._read: dict[str, Entry | None] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read what every process sharing the store knows (once per request)."""
+        if not self.store.shared:
+            return  # nobody else writes there: this copy is already complete
+        with self._lock:
+            snapshot = self.store.load(self.clock())
+            known, self._models, self._read = self._models, {}, {}
+            self._blocked, self._blocked_until, self._quota = None, 0.0, Quota()
+            # Statistics first: a cooldown lands on the record they made.
+            for (space, name), entry in sorted(snapshot.items(), key=lambda i: i[0][0] != MODEL):
+                if space == MODEL and entry is self._last.get(name) and name in known:
+                    stats = self._models[name] = known[name]  # unchanged: no need to rebuild
+                    stats.cooling_until, stats.cool_reason = 0.0, ""
+                    self._read[name] = entry
+                else:
+                    self._absorb(space, name, entry)
+            self._last = self._read
+
+    def close(self) -> None:
+        self.store.close()
+
+    def _change(
+        self, space: str, name: str, change: Callable[[Entry | None], Entry | None]
+    ) -> None:
+        with self._lock:
+            self._absorb(space, name, self.store.update(space, name, change, self.clock()))
+
+    def _absorb(self, space: str, name: str, entry: Entry | None) -> None:
+        """Take an entry, as stored, into this copy."""
+        data: Mapping[str, Any] = entry.data if entry is not None else {}
+        if space == MODEL:
+            old = self._models.get(name)
+            stats = _stats_from(data)
+            self._read[name] = entry
+            if old is not None:
+                stats.cooling_until, stats.cool_reason = old.cooling_until, old.cool_reason
+            self._models[name] = stats
+        elif space == COOL:
+            stats = self._stats(name)
+            stats.cooling_until = _float(data.get("until"))
+            stats.cool_reason = str(data.get("reason") or "")
+        elif (space, name) == (ACCOUNT, "block"):
+            self._blocked = _failure_from(data.get("failure"))
+            self._blocked_until = _float(data.get("until")) if self._blocked else 0.0
+        elif (space, name) == (ACCOUNT, "quota"):
+            self._quota = _quota_from(data)
 
     # --- models --------------------------------------------------------------------------------
 
@@ -112,13 +179,25 @@ class Health:
         with self._lock:
             return self._stats(model)
 
+    def _update_stats(self, model: str, edit: Callable[[ModelStats], None]) -> None:
+        expires = self.clock() + STATS_KEEP
+
+        def change(old: Entry | None) -> Entry:
+            stats = _stats_from(old.data if old is not None else {})
+            edit(stats)
+            return Entry(_stats_data(stats), expires)
+
+        self._change(MODEL, model, change)
+
     def cool(self, model: str, seconds: float, reason: str) -> None:
-        with self._lock:
-            stats = self._stats(model)
-            until = self.clock() + seconds
-            if until > stats.cooling_until:
-                stats.cooling_until = until
-                stats.cool_reason = reason
+        until = self.clock() + seconds
+
+        def change(old: Entry | None) -> Entry:
+            if old is not None and _float(old.data.get("until")) >= until:
+                return old  # a longer cooldown already holds
+            return Entry({"until": until, "reason": reason}, until)
+
+        self._change(COOL, model, change)
 
     def cooling_for(self, model: str) -> float:
         with self._lock:
@@ -129,12 +208,13 @@ class Health:
         return self.cooling_for(model) <= 0
 
     def record_attempt(self, model: str) -> None:
-        with self._lock:
-            self._stats(model).attempts += 1
+        def edit(stats: ModelStats) -> None:
+            stats.attempts += 1
+
+        self._update_stats(model, edit)
 
     def record_first_token(self, model: str, seconds: float) -> None:
-        with self._lock:
-            stats = self._stats(model)
+        def edit(stats: ModelStats) -> None:
             stats.ttft.append(seconds)
             stats.ewma_ttft = (
                 seconds if stats.ewma_ttft is None else 0.5 * stats.ewma_ttft + 0.5 * seconds
@@ -143,15 +223,24 @@ class Health:
             stats.failures *= DECAY
             stats.wins += 1
 
+        self._update_stats(model, edit)
+
     def record_failure(self, model: str) -> None:
-        with self._lock:
-            stats = self._stats(model)
+        def edit(stats: ModelStats) -> None:
             stats.failures = stats.failures * DECAY + 1.0
             stats.successes *= DECAY
 
+        self._update_stats(model, edit)
+
     def set_prior(self, model: str, ttft: float | None) -> None:
         with self._lock:
-            self._stats(model).prior_ttft = ttft
+            if model in self._models and self._models[model].prior_ttft == ttft:
+                return  # the hourly catalogue refresh mostly repeats what is known
+
+        def edit(stats: ModelStats) -> None:
+            stats.prior_ttft = ttft
+
+        self._update_stats(model, edit)
 
     def view(self, model: str) -> ModelView:
         with self._lock:
@@ -179,36 +268,140 @@ class Health:
     # --- account -------------------------------------------------------------------------------
 
     def block_account(self, failure: Failure, until: float) -> None:
-        with self._lock:
-            if until > self._blocked_until:
-                self._blocked, self._blocked_until = failure, until
+        def change(old: Entry | None) -> Entry:
+            if old is not None and _float(old.data.get("until")) >= until:
+                return old
+            return Entry({"until": until, "failure": asdict(failure)}, until)
+
+        self._change(ACCOUNT, "block", change)
 
     def account_block(self) -> Failure | None:
         with self._lock:
             if self._blocked is not None and self.clock() < self._blocked_until:
                 return self._blocked
-            self._blocked = None
             return None
 
-    def clear_account_block(self) -> None:
+    def account_blocked_for(self) -> float:
+        """Seconds until calls resume (0 when they are not held)."""
         with self._lock:
-            self._blocked, self._blocked_until = None, 0.0
+            if self._blocked is None:
+                return 0.0
+            return max(0.0, self._blocked_until - self.clock())
+
+    def clear_account_block(self) -> None:
+        self._change(ACCOUNT, "block", lambda old: None)
+
+    @property
+    def quota(self) -> Quota:
+        with self._lock:
+            q = self._quota
+            return Quota(q.limit, q.remaining, q.used_here, q.resets_at)
 
     def set_quota(self, limit: int | None, remaining: int | None) -> None:
-        with self._lock:
-            self.quota = Quota(limit, remaining, 0, next_utc_midnight(self.clock()))
+        resets_at = next_utc_midnight(self.clock())
+        entry = Entry(_quota_data(Quota(limit, remaining, 0, resets_at)), resets_at + QUOTA_KEEP)
+        self._change(ACCOUNT, "quota", lambda old: entry)
 
     def spend(self, requests: int = 1) -> None:
         with self._lock:
-            if self.quota.resets_at and self.clock() >= self.quota.resets_at:
-                limit = self.quota.limit
-                self.quota = Quota(limit, limit, 0, next_utc_midnight(self.clock()))
-            self.quota.used_here += requests
-            if self.quota.remaining is not None:
-                self.quota.remaining = max(0, self.quota.remaining - requests)
+            if not self._quota.resets_at:
+                return  # no count known to take it from (each process reads /key at start)
+        now = self.clock()
+
+        def change(old: Entry | None) -> Entry | None:
+            if old is None:
+                return None
+            quota = _quota_from(old.data)
+            if quota.resets_at and now >= quota.resets_at:
+                quota = Quota(quota.limit, quota.limit, 0, next_utc_midnight(now))
+            quota.used_here += requests
+            if quota.remaining is not None:
+                quota.remaining = max(0, quota.remaining - requests)
+            return Entry(_quota_data(quota), quota.resets_at + QUOTA_KEEP)
+
+        self._change(ACCOUNT, "quota", change)
 
     def quota_remaining(self) -> int | None:
         with self._lock:
-            if self.quota.resets_at and self.clock() >= self.quota.resets_at:
-                return self.quota.limit
-            return self.quota.remaining
+            if self._quota.resets_at and self.clock() >= self._quota.resets_at:
+                return self._quota.limit
+            return self._quota.remaining
+
+
+# --- entries, as stored ------------------------------------------------------------------------
+
+
+def _float(value: Any, default: float = 0.0) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return default
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else _float(value)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _stats_from(data: Mapping[str, Any]) -> ModelStats:
+    samples = data.get("ttft")
+    return ModelStats(
+        ttft=deque(
+            (float(s) for s in samples if isinstance(s, (int, float)))
+            if isinstance(samples, list) else (),
+            maxlen=SAMPLES,
+        ),
+        ewma_ttft=_optional_float(data.get("ewma")),
+        successes=_float(data.get("successes")),
+        failures=_float(data.get("failures")),
+        prior_ttft=_optional_float(data.get("prior")),
+        wins=_int(data.get("wins")) or 0,
+        attempts=_int(data.get("attempts")) or 0,
+    )
+
+
+def _stats_data(stats: ModelStats) -> dict[str, Any]:
+    return {
+        "ttft": list(stats.ttft),
+        "ewma": stats.ewma_ttft,
+        "successes": stats.successes,
+        "failures": stats.failures,
+        "prior": stats.prior_ttft,
+        "wins": stats.wins,
+        "attempts": stats.attempts,
+    }
+
+
+def _quota_from(data: Mapping[str, Any]) -> Quota:
+    return Quota(
+        limit=_int(data.get("limit")),
+        remaining=_int(data.get("remaining")),
+        used_here=_int(data.get("used")) or 0,
+        resets_at=_float(data.get("resets_at")),
+    )
+
+
+def _quota_data(quota: Quota) -> dict[str, Any]:
+    return {
+        "limit": quota.limit,
+        "remaining": quota.remaining,
+        "used": quota.used_here,
+        "resets_at": quota.resets_at,
+    }
+
+
+def _failure_from(raw: Any) -> Failure | None:
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("kind"), str):
+        return None
+    scope = raw.get("scope")
+    return Failure(
+        kind=raw["kind"],
+        scope=scope if scope in ("model", "request", "account") else "account",
+        message=str(raw.get("message") or ""),
+        model=raw.get("model") if isinstance(raw.get("model"), str) else None,
+        status=_int(raw.get("status")),
+        retry_after=_optional_float(raw.get("retry_after")),
+        reset_at=_optional_float(raw.get("reset_at")),
+    )

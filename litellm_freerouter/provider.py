@@ -12,9 +12,11 @@ from typing import Any
 from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk, ModelResponse
 
-from . import engine
+from . import engine, state
+from .catalog import FreeModel
 from .config import TUNABLES, Settings, load_settings
 from .errors import FreeRouterError, to_litellm
+from .health import Health
 from .router import Answer, Router
 from .sse import Delta
 
@@ -50,6 +52,20 @@ _NOT_UPSTREAM = frozenset(
 ) | frozenset(TUNABLES)
 
 
+def client_tunables(litellm_params: Mapping[str, Any] | None) -> list[str]:
+    """The tunables a LiteLLM proxy client put in its request body.
+
+    The proxy merges a request's extra fields over the config's ``litellm_params``, so anyone
+    holding a virtual key could otherwise widen races (spending the account's daily quota) or
+    stretch cooldowns that every other caller shares.
+    """
+    request = (litellm_params or {}).get("proxy_server_request")
+    body = request.get("body") if isinstance(request, Mapping) else None
+    if not isinstance(body, Mapping):
+        return []
+    return [name for name in TUNABLES if name in body]
+
+
 def prepare(
     messages: Any,
     optional_params: Mapping[str, Any] | None,
@@ -60,6 +76,14 @@ def prepare(
 ) -> tuple[dict[str, Any], Settings]:
     """The upstream body and this request's settings."""
     optional_params = optional_params or {}
+    sent = client_tunables(litellm_params)
+    if sent:
+        from .errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"{', '.join(sent)} can only be set in the proxy's config (litellm_params),"
+            " not in a request"
+        )
     overrides: dict[str, Any] = {}
     for source in (litellm_params or {}, optional_params):
         for name in TUNABLES:
@@ -87,9 +111,15 @@ def _router(settings: Settings) -> Router:
     key = (settings.base, settings.key_id)
     router = routers.get(key)
     if router is None:
+        store = state.open_store(settings)
         router = routers[key] = Router(
-            settings.base, session=eng.session, refresh_interval=settings.refresh_interval
+            settings.base, session=eng.session, refresh_interval=settings.refresh_interval,
+            health=Health(store=store),
         )
+        cached = store.load_catalog()
+        if cached is not None and cached.models:  # answer at once; refreshed when stale
+            models = [FreeModel.from_dict(m) for m in cached.models]
+            router.catalog.preload(models, cached.fetched_at)
         eng.on_close(router.aclose)
     return router
 
@@ -187,15 +217,18 @@ def fill_response(model_response: ModelResponse, answer: Answer) -> ModelRespons
         reasoning_content=answer.reasoning or None,
         provider_specific_fields=fields,
     )
-    choice = model_response.choices[0]
-    choice.message = message  # type: ignore[union-attr]
+    # litellm's own annotations differ between versions; these objects are set as it sets them.
+    response: Any = model_response
+    choice: Any = response.choices[0]
+    choice.message = message
     choice.finish_reason = answer.finish_reason
-    model_response.created = int(time.time())
+    response.created = int(time.time())
     usage = _usage_block(answer.usage)
     if usage is not None:
-        model_response.usage = Usage(**usage)  # type: ignore[attr-defined]
+        make_usage: Any = Usage
+        response.usage = make_usage(**usage)
     # The winner's id goes in a field of its own: as ``model`` litellm would price it.
-    model_response.freerouter_model = answer.model  # type: ignore[attr-defined]
+    response.freerouter_model = answer.model
     hidden = getattr(model_response, "_hidden_params", None)
     if isinstance(hidden, dict):
         hidden["freerouter_model"] = answer.model
@@ -206,9 +239,9 @@ def _translate(exc: BaseException) -> BaseException:
     if isinstance(exc, FreeRouterError):
         return to_litellm(exc)
     if isinstance(exc, TimeoutError):
-        import litellm
+        from litellm import exceptions
 
-        return litellm.Timeout(message=str(exc), model=MODEL, llm_provider=PROVIDER)
+        return exceptions.Timeout(message=str(exc), model=MODEL, llm_provider=PROVIDER)
     return exc
 
 
@@ -261,7 +294,7 @@ class FreeRouterLLM(CustomLLM):
             _sync_chunks(messages, optional_params, litellm_params, api_key, api_base, timeout)
         )
 
-    def astreaming(  # type: ignore[override]
+    def astreaming(  # type: ignore[override,misc]
         self, model: str, messages: list[Any], api_base: str | None,
         custom_prompt_dict: dict[str, Any], model_response: ModelResponse, print_verbose: Any,
         encoding: Any, api_key: str | None, logging_obj: Any, optional_params: dict[str, Any],
@@ -281,7 +314,9 @@ def _sync_chunks(messages: Any, optional_params: Any, litellm_params: Any, api_k
         body, settings = prepare(messages, optional_params, litellm_params,
                                  api_key=api_key, api_base=api_base)
         yield from engine.stream_sync(
-            lambda: _generic_chunks(body, settings), first_item_timeout=_seconds(timeout)
+            lambda: _generic_chunks(body, settings),
+            first_item_timeout=_seconds(timeout),
+            consumer_timeout=settings.idle_timeout,
         )
     except (FreeRouterError, TimeoutError) as exc:
         raise _translate(exc) from None
@@ -293,7 +328,9 @@ async def _async_chunks(messages: Any, optional_params: Any, litellm_params: Any
     try:
         body, settings = prepare(messages, optional_params, litellm_params,
                                  api_key=api_key, api_base=api_base)
-        stream = engine.stream_async(lambda: _generic_chunks(body, settings))
+        stream = engine.stream_async(
+            lambda: _generic_chunks(body, settings), consumer_timeout=settings.idle_timeout
+        )
         try:
             try:
                 first = await _with_timeout(stream.__anext__(), _seconds(timeout))
@@ -383,7 +420,7 @@ def _tag_wrapper_chunks() -> None:
         return response
 
     model_response_creator._freerouter = True  # type: ignore[attr-defined]
-    CustomStreamWrapper.model_response_creator = model_response_creator
+    setattr(CustomStreamWrapper, "model_response_creator", model_response_creator)  # noqa: B010
 
 
 def _seconds(timeout: Any) -> float | None:
@@ -419,7 +456,8 @@ def register() -> None:
             providers.append({"provider": PROVIDER, "custom_handler": handler})
         from litellm.utils import custom_llm_setup
 
-        custom_llm_setup()
+        setup: Any = custom_llm_setup  # untyped in some litellm versions
+        setup()
         _tag_wrapper_chunks()
         if MODEL_NAME not in litellm.model_cost:
             litellm.register_model({MODEL_NAME: dict(MODEL_INFO)})

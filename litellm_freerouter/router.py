@@ -162,6 +162,7 @@ class Router:
 
     def _on_catalog(self, models: Sequence[FreeModel]) -> None:
         """A new list: learn each model's serving provider and latency in the background."""
+        self._save_catalog()
         if self._endpoints_task is None or self._endpoints_task.done():
             self._endpoints_task = asyncio.get_running_loop().create_task(
                 self._learn_endpoints([m.id for m in models]), name="freerouter-catalog-endpoints"
@@ -190,6 +191,15 @@ class Router:
         )
         if providers:
             self.catalog.annotate(providers)
+            self._save_catalog()
+
+    def _save_catalog(self) -> None:
+        """Keep the list in the state store, for the next process to start with."""
+        models = self.catalog.models
+        if models is not None:
+            self.health.store.save_catalog(
+                [m.as_dict() for m in models], self.catalog.fetched_at or time.time()
+            )
 
     async def _endpoint_info(self, model_id: str) -> tuple[str | None, float | None] | None:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -216,10 +226,10 @@ class Router:
             provider = name if isinstance(name, str) else None
             first_provider = first_provider or provider
             latency = endpoint.get("latency_last_30m")
-            p50 = latency.get("p50") if isinstance(latency, Mapping) else latency
-            if isinstance(p50, (int, float)) and not isinstance(p50, bool) and p50 > 0:
-                if best is None or p50 < best[0]:
-                    best = (float(p50), provider)
+            raw = latency.get("p50") if isinstance(latency, Mapping) else latency
+            p50 = float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else 0
+            if p50 > 0 and (best is None or p50 < best[0]):
+                best = (p50, provider)
         if best is None:
             return first_provider, None
         return best[1] or first_provider, best[0] / 1000.0
@@ -232,6 +242,7 @@ class Router:
             if task is not None and not task.done():
                 task.cancel()
                 await asyncio.wait({task}, timeout=2)
+        self.health.close()
 
     # --- ranking -------------------------------------------------------------------------------
 
@@ -310,6 +321,7 @@ class Router:
 
     async def candidates(self, body: Mapping[str, Any], settings: Settings) -> list[FreeModel]:
         """The free models that can serve ``body`` and are not cooling down, best first."""
+        self.health.refresh()  # what other processes learnt since: cooldowns, limits, speed
         blocked = self.health.account_block()
         if blocked is not None:
             raise self._account_stop(blocked)
@@ -453,8 +465,8 @@ class Router:
                 answer.usage = delta.usage
         assert answer is not None  # a race only returns a winner that produced a token
         answer.tool_calls = [calls[i] for i in sorted(calls)]
-        for i, call in enumerate(answer.tool_calls):
-            call["id"] = call["id"] or f"call_{i}"
+        for i, assembled in enumerate(answer.tool_calls):
+            assembled["id"] = assembled["id"] or f"call_{i}"
         if answer.tool_calls and answer.finish_reason == "stop":
             answer.finish_reason = "tool_calls"
         return answer
