@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from . import events
-from ._ui import Output, kind_text, ms, one_line
+from ._ui import Output, kind_text, ms, one_line, span
 
 
 @dataclass
@@ -82,11 +82,11 @@ class RaceView:
             record = self._record(event.request_id)
             record.candidates = event.candidates
             if not self.quiet:
-                width = len(event.models)
+                can = "model can" if event.candidates == 1 else "models can"
                 out.parts([
                     (f"race {event.request_id}", "bold cyan"),
-                    (f": {event.candidates} free models can answer;"
-                     f" starting {width} at once", None),
+                    (f": {event.candidates} free {can} answer;"
+                     f" starting {len(event.models)} at once", None),
                 ])
         elif isinstance(event, events.ContenderStarted):
             self._record(event.request_id).started.append(event.model)
@@ -102,7 +102,7 @@ class RaceView:
                 if event.scope == "account":
                     consequence = "stops this request: it affects the whole account"
                 elif event.cooldown:
-                    consequence = f"benched for {event.cooldown:.0f} s"
+                    consequence = f"benched for {span(event.cooldown)}"
                 else:
                     consequence = "skipped for this request only"
                 out.parts([

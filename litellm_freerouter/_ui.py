@@ -27,6 +27,7 @@ _MARKS: dict[Mark, tuple[str, str, str]] = {
     "warn": ("!", "warn", "bold yellow"),
 }
 REDACTED = "[redacted key]"
+MIN_SECRET = 8
 
 # What each failure kind means to a person watching a race.
 KINDS: Mapping[str, str] = {
@@ -76,7 +77,8 @@ class Output:
     def __init__(self, stream: TextIO, *, fancy: bool, secret: str | None = None) -> None:
         self.stream = stream
         self.fancy = fancy
-        self._secret = secret or None
+        # A real key is long; a made-up short one ("x") would blank out every word holding it.
+        self._secret = secret if secret and len(secret) >= MIN_SECRET else None
         self._lock = threading.RLock()
         self.unicode = _encodes("✓✗★·…→", stream)
         self._console: Console | None = None
@@ -132,7 +134,9 @@ class Output:
         """Rows of (text, style) cells; plain text is aligned with spaces for grep and cut."""
         with self._lock:
             if self._console is not None:
-                table = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
+                table = Table(
+                    box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold"
+                )
                 for i, header in enumerate(headers):
                     table.add_column(header, justify="right" if i in right else "left")
                 for row in rows:
@@ -161,6 +165,15 @@ def one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def span(seconds: float) -> str:
+    """A wait, in the unit a person would use."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
 
@@ -174,5 +187,6 @@ __all__ = [
     "kind_text",
     "ms",
     "one_line",
+    "span",
     "wants_color",
 ]

@@ -16,7 +16,7 @@ import contextlib
 import os
 import queue
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import aiohttp
@@ -161,6 +161,40 @@ atexit.register(shutdown)
 # --- bridges ----------------------------------------------------------------------------------
 
 
+class _Handoff:
+    """A coroutine handed to the engine so that Ctrl-C at any moment, even while it is being
+    handed over, still cancels it and waits (bounded) for its cleanup."""
+
+    def __init__(self, engine: Engine, coro: Coroutine[Any, Any, T], finished: threading.Event):
+        self._engine = engine
+        self._coro = coro
+        self._finished = finished
+        self.future: concurrent.futures.Future[Any] | None = None
+
+    def start(self) -> concurrent.futures.Future[Any]:
+        self.future = self._engine.submit(self._coro)
+        return self.future
+
+    def stop(self) -> None:
+        if self._finished.is_set():
+            return
+        if self.future is not None:
+            self.future.cancel()
+        else:  # interrupted while handing over: the task may or may not exist yet
+            self._engine.loop.call_soon_threadsafe(_cancel_task_of, self._coro, self._finished)
+        self._finished.wait(CANCEL_TIMEOUT)
+
+
+def _cancel_task_of(coro: Coroutine[Any, Any, Any], finished: threading.Event) -> None:
+    """On the engine: cancel the task running ``coro``, or close it if it never started."""
+    for task in asyncio.all_tasks():
+        if task.get_coro() is coro:
+            task.cancel()
+            return
+    coro.close()
+    finished.set()
+
+
 def stream_sync(
     make: Callable[[], AsyncIterator[T]],
     *,
@@ -186,8 +220,9 @@ def stream_sync(
         finally:
             finished.set()
 
-    future = engine.submit(pump())
+    handoff = _Handoff(engine, pump(), finished)
     try:
+        handoff.start()
         waited = 0.0
         got_first = False
         while True:
@@ -213,9 +248,7 @@ def stream_sync(
             else:
                 raise value
     finally:
-        if not finished.is_set():
-            future.cancel()
-            finished.wait(CANCEL_TIMEOUT)
+        handoff.stop()
 
 
 async def stream_async(
@@ -268,7 +301,8 @@ async def stream_async(
 
 async def _signalling(make: Callable[[], Awaitable[T]], done: Callable[[], None]) -> T:
     try:
-        return await make()
+        result: T = await make()
+        return result
     finally:
         done()
 
@@ -276,12 +310,14 @@ async def _signalling(make: Callable[[], Awaitable[T]], done: Callable[[], None]
 def call_sync(make: Callable[[], Awaitable[T]], *, timeout: float | None = None) -> T:
     """Run a coroutine on the engine and wait for it, staying responsive to Ctrl-C."""
     finished = threading.Event()
-    future = get_engine().submit(_signalling(make, finished.set))
+    handoff = _Handoff(get_engine(), _signalling(make, finished.set), finished)
     waited = 0.0
     try:
+        future = handoff.start()
         while True:
             try:
-                return future.result(timeout=POLL)
+                result: T = future.result(timeout=POLL)
+                return result
             except concurrent.futures.TimeoutError:
                 waited += POLL
                 if timeout is not None and waited >= timeout:
@@ -289,9 +325,7 @@ def call_sync(make: Callable[[], Awaitable[T]], *, timeout: float | None = None)
                         f"no answer within the caller's timeout of {timeout:g} s"
                     ) from None
     finally:
-        if not finished.is_set():
-            future.cancel()
-            finished.wait(CANCEL_TIMEOUT)
+        handoff.stop()
 
 
 async def call_async(make: Callable[[], Awaitable[T]]) -> T:

@@ -1,0 +1,81 @@
+"""Health with an injected clock: cooldowns return by themselves, limits expire, quota resets."""
+
+from __future__ import annotations
+
+from litellm_freerouter.errors import Failure
+from litellm_freerouter.health import Health
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_cooldown_returns_by_itself() -> None:
+    """A cooled model is out for exactly its cooldown, then ready again with no action."""
+    clock = Clock()
+    health = Health(clock=clock)
+    health.cool("m:free", 90, "rate_limited")
+    assert not health.ready("m:free") and health.cooling_for("m:free") == 90
+    assert health.view("m:free").cool_reason == "rate_limited"
+    clock.now += 89.9
+    assert not health.ready("m:free")
+    clock.now += 0.2
+    assert health.ready("m:free") and health.view("m:free").cool_reason == ""
+
+
+def test_a_shorter_cooldown_never_cuts_a_longer_one() -> None:
+    """Cooling again for less keeps the longer cooldown and its reason."""
+    clock = Clock()
+    health = Health(clock=clock)
+    health.cool("m:free", 600, "retry_after")
+    health.cool("m:free", 15, "slow")
+    assert health.cooling_for("m:free") == 600
+    assert health.view("m:free").cool_reason == "retry_after"
+
+
+def test_next_ready_names_the_first_return() -> None:
+    """The soonest return among cooling models is reported; none when nothing cools."""
+    clock = Clock()
+    health = Health(clock=clock)
+    assert health.next_ready_in(["a:free", "b:free"]) is None
+    health.cool("a:free", 50, "x")
+    health.cool("b:free", 20, "x")
+    assert health.next_ready_in(["a:free", "b:free"]) == 20
+
+
+def test_account_block_expires_at_its_reset() -> None:
+    """An account-wide stop holds until its time, then lifts by itself."""
+    clock = Clock()
+    health = Health(clock=clock)
+    failure = Failure("daily_quota", "account", "used", reset_at=clock.now + 100)
+    health.block_account(failure, clock.now + 100)
+    assert health.account_block() is not None
+    clock.now += 101
+    assert health.account_block() is None
+
+
+def test_quota_counts_down_and_resets_at_utc_midnight() -> None:
+    """Spending counts down the remaining quota; the next UTC day starts from the limit."""
+    clock = Clock(86400 * 20_000 + 3600)  # 01:00 UTC
+    health = Health(clock=clock)
+    health.set_quota(50, 10)
+    health.spend(3)
+    assert health.quota_remaining() == 7
+    clock.now += 23 * 3600  # past midnight
+    assert health.quota_remaining() == 50
+
+
+def test_measurements_feed_quantiles_and_scores() -> None:
+    """First-token samples give quantiles; a faster steady model scores better."""
+    health = Health(clock=Clock())
+    for seconds in (0.1, 0.2, 0.3, 0.4, 1.0):
+        health.record_first_token("a:free", seconds)
+    view = health.view("a:free")
+    assert view.measured and view.ttft_p50 == 0.3 and view.ttft_p90 == 1.0
+    health.record_first_token("b:free", 2.0)
+    assert health.stats("a:free").score() < health.stats("b:free").score()
+    assert health.stats("a:free").score() < health.stats("never:free").score()
