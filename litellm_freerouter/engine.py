@@ -195,6 +195,23 @@ def _cancel_task_of(coro: Coroutine[Any, Any, Any], finished: threading.Event) -
     finished.set()
 
 
+async def _pump(
+    make: Callable[[], AsyncIterator[T]],
+    put: Callable[[tuple[int, Any]], None],
+    credit: _Credit,
+) -> None:
+    """On the engine: run the generator, handing each item, its end or its error to ``put``."""
+    try:
+        async for item in make():
+            put((_ITEM, item))
+            await credit.sent()
+        put((_END, None))
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        put((_ERROR, exc))
+
+
 def stream_sync(
     make: Callable[[], AsyncIterator[T]],
     *,
@@ -209,14 +226,7 @@ def stream_sync(
 
     async def pump() -> None:
         try:
-            async for item in make():
-                items.put((_ITEM, item))
-                await credit.sent()
-            items.put((_END, None))
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            items.put((_ERROR, exc))
+            await _pump(make, items.put, credit)
         finally:
             finished.set()
 
@@ -269,14 +279,7 @@ async def stream_async(
 
     async def pump() -> None:
         try:
-            async for item in make():
-                put((_ITEM, item))
-                await credit.sent()
-            put((_END, None))
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            put((_ERROR, exc))
+            await _pump(make, put, credit)
         finally:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(finished.set)

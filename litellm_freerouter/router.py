@@ -125,13 +125,13 @@ class Router:
             raise CatalogUnavailable(f"GET {url} timed out") from None
         return seed_order(parse_models(payload))
 
-    async def read_quota(self, api_key: str) -> dict[str, Any] | None:
-        """The key's limits from /key (``None`` where the endpoint says nothing useful)."""
-        headers = {"Authorization": f"Bearer {api_key}"}
-        timeout = aiohttp.ClientTimeout(total=15)
+    async def _get_data(self, path: str, api_key: str | None) -> Mapping[str, Any] | None:
+        """The ``data`` object of a GET that answered 200; None for any failure (these reads
+        only add information, so they never fail a request)."""
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         try:
             async with self._session().get(
-                f"{self.api_base}/key", headers=headers, timeout=timeout
+                f"{self.api_base}{path}", headers=headers, timeout=aiohttp.ClientTimeout(total=15)
             ) as response:
                 if response.status != 200:
                     return None
@@ -139,7 +139,12 @@ class Router:
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
             return None
         data = payload.get("data") if isinstance(payload, Mapping) else None
-        if not isinstance(data, Mapping):
+        return data if isinstance(data, Mapping) else None
+
+    async def read_quota(self, api_key: str) -> dict[str, Any] | None:
+        """The key's limits from /key (``None`` where the endpoint says nothing useful)."""
+        data = await self._get_data("/key", api_key)
+        if data is None:
             return None
         daily = data.get("free_model_daily_requests")
         if isinstance(daily, Mapping):
@@ -202,18 +207,7 @@ class Router:
             )
 
     async def _endpoint_info(self, model_id: str) -> tuple[str | None, float | None] | None:
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        url = f"{self.api_base}/models/{model_id}/endpoints"
-        try:
-            async with self._session().get(
-                url, headers=headers, timeout=aiohttp.ClientTimeout(total=15)
-            ) as response:
-                if response.status != 200:
-                    return None
-                payload = await response.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-            return None
-        data = payload.get("data") if isinstance(payload, Mapping) else None
+        data = await self._get_data(f"/models/{model_id}/endpoints", self.api_key)
         endpoints = data.get("endpoints") if isinstance(data, Mapping) else None
         if not isinstance(endpoints, list) or not endpoints:
             return None
