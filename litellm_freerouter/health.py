@@ -225,6 +225,22 @@ class Health:
 
         self._update_stats(model, edit)
 
+    def record_lower_bound(self, model: str, seconds: float) -> None:
+        """A race's loser had sent no token after ``seconds``: its first-token time is at least
+        that. Only ever raises the estimate (a quick loss says nothing about being fast), so a
+        model that keeps losing slowly drops down the ranking without being called a failure."""
+
+        def edit(stats: ModelStats) -> None:
+            expected = stats.expected_ttft()
+            if seconds > expected:
+                stats.ewma_ttft = 0.5 * expected + 0.5 * seconds
+
+        with self._lock:
+            known = self._models.get(model)
+            if known is not None and seconds <= known.expected_ttft():
+                return  # nothing to learn: no write
+        self._update_stats(model, edit)
+
     def record_failure(self, model: str) -> None:
         def edit(stats: ModelStats) -> None:
             stats.failures = stats.failures * DECAY + 1.0

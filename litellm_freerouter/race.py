@@ -240,6 +240,7 @@ async def race(
     hedge_after: Callable[[FreeModel], float],
     on_start: Callable[[Contender], None],
     on_failure: Callable[[Failure], None],
+    on_lose: Callable[[Contender, float], None] = lambda contender, seconds: None,
 ) -> RaceOutcome:
     """Race ``candidates`` in order; returns the first to deliver a token.
 
@@ -307,6 +308,9 @@ async def race(
                 winners.sort(key=lambda c: c.first_token_at or 0.0)
                 for extra in winners[1:]:
                     extra.close()
+                won_at = winners[0].first_token_at or loop.time()
+                for contender in running.values():
+                    on_lose(contender, won_at - contender.started)
                 return RaceOutcome(winners[0], tuple(failures), started)
             if first_token_timeout is not None:
                 now = loop.time()

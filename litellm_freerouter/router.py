@@ -402,6 +402,7 @@ class Router:
                 hedge_after=lambda m: self.hedge_after(m, settings),
                 on_start=on_start,
                 on_failure=lambda f: self._handle_failure(f, settings, request_id),
+                on_lose=lambda c, seconds: self.health.record_lower_bound(c.id, seconds),
             )
         except AccountStop as stop:
             raise self._account_stop(stop.failure) from None

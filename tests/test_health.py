@@ -79,3 +79,17 @@ def test_measurements_feed_quantiles_and_scores() -> None:
     health.record_first_token("b:free", 2.0)
     assert health.stats("a:free").score() < health.stats("b:free").score()
     assert health.stats("a:free").score() < health.stats("never:free").score()
+
+
+def test_a_slow_loser_is_learnt_as_slow_but_a_quick_loss_teaches_nothing() -> None:
+    """A loser's time without a token only ever raises its first-token estimate."""
+    health = Health(clock=Clock())
+    health.record_first_token("m:free", 0.5)
+    health.record_lower_bound("m:free", 0.2)
+    assert health.stats("m:free").expected_ttft() == 0.5
+    health.record_lower_bound("m:free", 4.5)
+    assert health.stats("m:free").expected_ttft() == 2.5
+    assert health.stats("m:free").failures == 0
+    fresh = health.stats("new:free").expected_ttft()
+    health.record_lower_bound("new:free", 0.1)
+    assert health.stats("new:free").expected_ttft() == fresh

@@ -224,6 +224,10 @@ def test_hedged_race_adds_a_contender_when_the_leader_is_late(upstream: Upstream
         ]
     )
     assert ask(hedge_delay="auto").choices[0].message.content == "backup"
+    # The leader lost without a token for longer than its usual time: it is now known as
+    # slower, and the backup leads the next race.
+    models = list(router().catalog.models or ())
+    assert router().rank(models, Settings(explore=0), None, 1)[0].id == "backup/b:free"
 
 
 def test_quota_reserve_narrows_the_race_and_says_so_once(
