@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import concurrent.futures
 import contextlib
 import os
@@ -264,16 +265,35 @@ def stream_sync(
 async def stream_async(
     make: Callable[[], AsyncIterator[T]], *, consumer_timeout: float | None = CONSUMER_TIMEOUT
 ) -> AsyncIterator[T]:
-    """Iterate an async generator, run on the engine, from the caller's own loop."""
+    """Iterate an async generator, run on the engine, from the caller's own loop.
+
+    Items cross in bursts: the engine wakes the caller's loop once per burst, not once per
+    chunk (with many concurrent streams, a wake-up per chunk delayed everyone's first token).
+    """
     engine = get_engine()
     loop = asyncio.get_running_loop()
-    items: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+    items: collections.deque[tuple[int, Any]] = collections.deque()
+    lock = threading.Lock()
+    wake_pending = False
+    wake = asyncio.Event()
     finished = asyncio.Event()
     credit = _Credit(engine.loop, consumer_timeout)
 
-    def put(entry: tuple[int, Any]) -> None:
+    def woken() -> None:  # on the caller's loop
+        nonlocal wake_pending
+        with lock:
+            wake_pending = False
+        wake.set()
+
+    def put(entry: tuple[int, Any]) -> None:  # on the engine
+        nonlocal wake_pending
+        with lock:
+            items.append(entry)
+            if wake_pending:
+                return
+            wake_pending = True
         try:
-            loop.call_soon_threadsafe(items.put_nowait, entry)
+            loop.call_soon_threadsafe(woken)
         except RuntimeError:  # the caller's loop is gone; the pump is about to be cancelled
             pass
 
@@ -287,7 +307,12 @@ async def stream_async(
     future = engine.submit(pump())
     try:
         while True:
-            kind, value = await items.get()
+            while not items:
+                wake.clear()
+                if items:  # arrived between the check and the clear
+                    break
+                await wake.wait()
+            kind, value = items.popleft()
             if kind == _ITEM:
                 credit.taken()
                 yield value
