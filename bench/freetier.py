@@ -1,0 +1,499 @@
+"""Section 2: routing policies side by side on one simulated free tier and one seeded workload.
+
+The tier server runs in its own process (its own core); every policy is called through litellm
+from this process, request by request at the workload's arrival times, and the tier's log says
+how many upstream requests each answer cost. See README.md for the policies' exact set-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import time
+import warnings
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from common import BENCH, PYTHON, Server, clean_env, percentile
+from tier import (
+    ANSWER_TEXT,
+    COOLDOWN_RATE_LIMIT,
+    COOLDOWN_REJECTED,
+    COOLDOWN_SLOW,
+    FIRST_TOKEN_TIMEOUT,
+    IDLE_TIMEOUT,
+    OracleChoice,
+    Tier,
+    Workload,
+    best_known,
+    make_tier,
+    messages_for,
+    oracle,
+)
+
+# A request that has not finished after this many simulated seconds counts as failed.
+REQUEST_DEADLINE = 180.0
+
+
+@dataclass
+class Params:
+    seed: int = 20260501
+    requests: int = 160
+    mean_gap: float = 2.5  # simulated seconds between arrivals
+    time_scale: float = 0.1
+    quota: int = 50  # the quota run: OpenRouter's free daily limit without credits
+    quota_requests: int = 50
+    quota_gap: float = 1.0
+    run_oracle: bool = True
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    ttft: float | None = None  # simulated seconds from arrival to the first content
+    error: str | None = None
+    started_content: bool = False
+
+
+@dataclass
+class PolicyResult:
+    name: str
+    label: str
+    outcomes: list[Outcome] = field(default_factory=list)
+    upstream: list[int] = field(default_factory=list)  # upstream requests per workload request
+    decisions: dict[str, int] = field(default_factory=dict)
+    wall: float = 0.0
+    quota_answers: int | None = None
+    quota_requests: int | None = None
+    quota_upstream: int | None = None
+
+    def summary(self, oracle_ok: list[bool]) -> dict[str, Any]:
+        ttfts = [o.ttft for o in self.outcomes if o.ok and o.ttft is not None]
+        answers = sum(o.ok for o in self.outcomes)
+        requests = sum(self.upstream)
+        healthy = [o for o, good in zip(self.outcomes, oracle_ok, strict=True) if good]
+        errors = Counter(o.error for o in self.outcomes if not o.ok)
+        return {
+            "name": self.name,
+            "label": self.label,
+            "requests": len(self.outcomes),
+            "answers": answers,
+            "success": answers / len(self.outcomes) if self.outcomes else None,
+            "success_when_healthy": (
+                sum(o.ok for o in healthy) / len(healthy) if healthy else None
+            ),
+            "broke_mid_answer": sum(1 for o in self.outcomes if not o.ok and o.started_content),
+            "p50": percentile(ttfts, 50),
+            "p95": percentile(ttfts, 95),
+            "p99": percentile(ttfts, 99),
+            "ttfts": ttfts,
+            "upstream": requests,
+            "per_answer": requests / answers if answers else None,
+            "answers_per_1000": 1000 * answers / requests if requests else None,
+            "quota_answers": self.quota_answers,
+            "quota_requests": self.quota_requests,
+            "quota_upstream": self.quota_upstream,
+            "errors": dict(errors.most_common(4)),
+            "decisions": self.decisions,
+            "wall": self.wall,
+        }
+
+
+Call = Callable[[int], Awaitable[Any]]  # request number -> a litellm stream
+
+
+async def _consume(stream: Any, started: float, scale: float) -> Outcome:
+    text = ""
+    first: float | None = None
+    try:
+        async for chunk in stream:
+            choices = getattr(chunk, "choices", None)
+            if not choices:
+                continue
+            piece = getattr(choices[0].delta, "content", None)
+            if piece:
+                if first is None:
+                    first = time.perf_counter()
+                text += piece
+    except Exception as exc:
+        return Outcome(False, None, type(exc).__name__, first is not None)
+    if text != ANSWER_TEXT:
+        return Outcome(False, None, "incomplete answer", first is not None)
+    assert first is not None
+    return Outcome(True, (first - started) / scale)
+
+
+async def _attempt(call: Call, request: int, started: float, scale: float) -> Outcome:
+    try:
+        stream = await call(request)
+    except Exception as exc:
+        return Outcome(False, None, type(exc).__name__)
+    return await _consume(stream, started, scale)
+
+
+class Harness:
+    def __init__(self, params: Params, tier: Tier, workload: Workload, url: str) -> None:
+        self.p = params
+        self.tier = tier
+        self.workload = workload
+        self.url = url
+        self.base = url.rsplit("/api/v1", 1)[0]
+        self.run_id = 0
+        self.closers: list[Any] = []  # anything holding a session on this loop
+
+    # -- the policies -----------------------------------------------------------------------
+
+    def scaled(self, seconds: float) -> float:
+        return seconds * self.p.time_scale
+
+    def _key(self, name: str) -> str:
+        self.run_id += 1
+        return f"sk-or-bench-{name}-{self.run_id}"
+
+    def freerouter(self, name: str, hedge: float | str) -> Call:
+        import litellm
+
+        key = self._key(name)
+        tunables = {
+            "race_width": 3,
+            "hedge_delay": hedge,
+            "first_token_timeout": self.scaled(FIRST_TOKEN_TIMEOUT),
+            "idle_timeout": self.scaled(IDLE_TIMEOUT),
+            "cooldown_rate_limit": self.scaled(COOLDOWN_RATE_LIMIT),
+            "cooldown_slow": self.scaled(COOLDOWN_SLOW),
+            "cooldown_rejected": self.scaled(COOLDOWN_REJECTED),
+            "refresh_interval": 3600.0,
+        }
+
+        async def call(request: int) -> Any:
+            return await litellm.acompletion(
+                model="freerouter/auto",
+                messages=messages_for(request),
+                stream=True,
+                api_base=self.url,
+                api_key=key,
+                **tunables,
+            )
+
+        return call
+
+    def litellm_router(self) -> Call:
+        import litellm
+
+        key = self._key("router")
+        deployments = [
+            {
+                "model_name": group,
+                "litellm_params": {
+                    "model": f"openrouter/{m.id}",
+                    "api_base": self.url,
+                    "api_key": key,
+                },
+            }
+            for group in ("free", "free-fallback")
+            for m in self.tier.models
+        ]
+        router = litellm.Router(
+            model_list=deployments,
+            num_retries=3,
+            retry_after=0,
+            allowed_fails=1,
+            cooldown_time=self.scaled(COOLDOWN_RATE_LIMIT),
+            timeout=self.scaled(FIRST_TOKEN_TIMEOUT),
+            stream_timeout=self.scaled(FIRST_TOKEN_TIMEOUT),
+            # The Router does not fall back inside a group once a stream has started (a stall or
+            # an error event before the first token): a second group of the same models does.
+            fallbacks=[{"free": ["free-fallback"]}],
+        )
+
+        async def call(request: int) -> Any:
+            return await router.acompletion(
+                model="free", messages=messages_for(request), stream=True
+            )
+
+        return call
+
+    def direct(self, model_of: Callable[[int], str | None], key: str) -> Call:
+        import litellm
+
+        async def call(request: int) -> Any:
+            model = model_of(request)
+            if model is None:
+                raise RuntimeError("no model would have answered")
+            return await litellm.acompletion(
+                model=f"openrouter/{model}",
+                messages=messages_for(request),
+                stream=True,
+                api_base=self.url,
+                api_key=key,
+                timeout=self.scaled(FIRST_TOKEN_TIMEOUT),
+                num_retries=0,
+            )
+
+        return call
+
+    def seed(self) -> Call:
+        import litellm
+        import seed_policy
+
+        key = self._key("seed")
+        self.closers.append(seed_policy.register(self.p.time_scale))
+
+        async def call(request: int) -> Any:
+            return await litellm.acompletion(
+                model="seedrouter/auto",
+                messages=messages_for(request),
+                stream=True,
+                api_base=self.url,
+                api_key=key,
+            )
+
+        return call
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def _reset(self, session: aiohttp.ClientSession, quota: int | None) -> None:
+        query = f"?quota={quota}" if quota is not None else ""
+        async with session.post(f"{self.base}/bench/reset{query}") as response:
+            response.raise_for_status()
+
+    async def _log(self, session: aiohttp.ClientSession) -> dict[str, Any]:
+        async with session.get(f"{self.base}/bench/log") as response:
+            return dict(await response.json())
+
+    async def run(
+        self, call: Call, arrivals: tuple[float, ...], *, retries: int = 0, quota: int | None = None
+    ) -> tuple[list[Outcome], dict[str, Any], float]:
+        scale = self.p.time_scale
+        async with aiohttp.ClientSession() as session:
+            await self._reset(session, quota)
+            t0 = time.perf_counter()
+
+            async def one(request: int, arrival: float) -> Outcome:
+                await asyncio.sleep(max(0.0, t0 + arrival * scale - time.perf_counter()))
+                started = time.perf_counter()
+
+                async def attempts() -> Outcome:
+                    outcome = Outcome(False, error="not tried")
+                    for _ in range(retries + 1):
+                        outcome = await _attempt(call, request, started, scale)
+                        if outcome.ok or outcome.started_content:
+                            break
+                    return outcome
+
+                try:
+                    return await asyncio.wait_for(attempts(), REQUEST_DEADLINE * scale)
+                except asyncio.TimeoutError:
+                    return Outcome(False, None, "deadline")
+
+            outcomes = await asyncio.gather(*(one(i, a) for i, a in enumerate(arrivals)))
+            wall = time.perf_counter() - t0
+            await asyncio.sleep(0.3)  # let cancelled upstream requests reach the log
+            log = await self._log(session)
+        return list(outcomes), log, wall
+
+    @staticmethod
+    def _per_request(log: dict[str, Any], count: int) -> tuple[list[int], dict[str, int]]:
+        upstream = [0] * count
+        decisions: Counter[str] = Counter()
+        for entry in log["log"]:
+            if 0 <= entry["req"] < count:
+                upstream[entry["req"]] += 1
+            decisions[entry.get("decision", "other")] += 1
+        return upstream, dict(decisions)
+
+
+POLICIES = (
+    ("router", "LiteLLM Router (shuffle, retries, fallbacks, cooldowns)"),
+    ("random", "random free model + retries (openrouter/free)"),
+    ("seed", "seed: fixed order, batches of 3"),
+    ("race", "freerouter, race 3 at once (hedge_delay=0)"),
+    ("hedged", "freerouter, hedged (hedge_delay=auto)"),
+)
+
+
+def _policy_call(h: Harness, name: str) -> tuple[Call, int]:
+    """A fresh instance of policy ``name``, and its harness-level retries."""
+    if name == "router":
+        return h.litellm_router(), 0
+    if name == "random":
+        return h.direct(lambda _request: "openrouter/free", h._key("random")), 3
+    if name == "seed":
+        return h.seed(), 0
+    if name == "race":
+        return h.freerouter("race", 0.0), 0
+    if name == "hedged":
+        return h.freerouter("hedged", "auto"), 0
+    raise ValueError(name)
+
+
+# The smallest hedge delay Router.hedge_after allows (a literal in router.py).
+HEDGE_FLOOR = 0.05
+
+
+def _scale_freerouter_constants(scale: float) -> Callable[[], None]:
+    """Shrink freerouter's fixed times by the tier's time scale; returns the undo.
+
+    health.py assumes 3 s for a never-measured model and charges 2 s per failure in ranking,
+    and Router.hedge_after never hedges sooner than 50 ms: on a tier running 20x faster those
+    would count as 60 s, 40 s and 1 s. The first two are module constants; the floor is a
+    literal, so a wrapper recomputes the delay with a scaled floor when the floor decided it.
+    """
+    from litellm_freerouter import health
+    from litellm_freerouter.router import Router
+
+    old_ttft, old_cost = health.DEFAULT_TTFT, health.FAILURE_COST
+    original = Router.hedge_after
+    health.DEFAULT_TTFT = old_ttft * scale
+    health.FAILURE_COST = old_cost * scale
+
+    def hedge_after(self: Router, model: Any, settings: Any) -> float:
+        value = original(self, model, settings)
+        if settings.hedge_delay != "auto" or value > HEDGE_FLOOR:
+            return value
+        stats = self.health.stats(model.id)  # the same estimate as hedge_after's own
+        usual = stats.quantile(0.9) if len(stats.ttft) >= 3 else None
+        if usual is None:
+            usual = stats.expected_ttft() * 1.5
+        return max(usual, HEDGE_FLOOR * scale)
+
+    Router.hedge_after = hedge_after  # type: ignore[method-assign]
+
+    def undo() -> None:
+        health.DEFAULT_TTFT, health.FAILURE_COST = old_ttft, old_cost
+        Router.hedge_after = original  # type: ignore[method-assign]
+
+    return undo
+
+
+def run(params: Params, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    import litellm_freerouter  # noqa: F401  (registers freerouter/auto)
+
+    tier = make_tier(params.seed, params.requests * params.mean_gap)
+    workload = Workload.poisson(params.seed, params.requests, params.mean_gap)
+    oracle_choices = oracle(tier, workload)
+    tier_file = Path(tempfile.mkstemp(prefix="bench-tier-", suffix=".json")[1])
+    tier_file.write_text(json.dumps(tier.to_json()))
+    server = Server(
+        [
+            PYTHON,
+            str(BENCH / "tier_server.py"),
+            "--tier",
+            str(tier_file),
+            "--time-scale",
+            str(params.time_scale),
+        ],
+        env=clean_env({"FREEROUTER_DISABLE_AUTOLOAD": "1"}),
+    )
+    undo = _scale_freerouter_constants(params.time_scale)
+    try:
+        with warnings.catch_warnings():
+            # litellm's Router leaves a cooldown callback coroutine un-awaited; not ours.
+            warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
+            return asyncio.run(
+                _run_all(params, tier, workload, oracle_choices, server.url, progress)
+            )
+    finally:
+        undo()
+        server.stop()
+        tier_file.unlink(missing_ok=True)
+
+
+async def _run_all(
+    params: Params,
+    tier: Tier,
+    workload: Workload,
+    oracle_choices: list[OracleChoice],
+    url: str,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    h = Harness(params, tier, workload, url)
+    oracle_ok = [c.model is not None for c in oracle_choices]
+    results: list[PolicyResult] = []
+    quota_arrivals = tuple(
+        i * params.quota_gap for i in range(min(params.quota_requests, params.requests))
+    )
+
+    for name, label in POLICIES:
+        call, retries = _policy_call(h, name)
+        outcomes, log, wall = await h.run(call, workload.arrivals, retries=retries)
+        result = PolicyResult(name, label, outcomes, wall=wall)
+        result.upstream, result.decisions = h._per_request(log, len(outcomes))
+        # The same policy, afresh, on an account with OpenRouter's 50-a-day free quota.
+        call, retries = _policy_call(h, name)
+        q_outcomes, q_log, _ = await h.run(
+            call, quota_arrivals, retries=retries, quota=params.quota
+        )
+        result.quota_answers = sum(o.ok for o in q_outcomes)
+        result.quota_requests = len(q_outcomes)
+        result.quota_upstream = int(q_log["quota_used"])
+        results.append(result)
+        s = result.summary(oracle_ok)
+        progress(
+            f"  {name:7s} success {s['success']:.1%}  p50 {s['p50'] or 0:.2f}s  "
+            f"p95 {s['p95'] or 0:.2f}s  req/answer {s['per_answer'] or 0:.2f}  "
+            f"quota-day answers {result.quota_answers}/{result.quota_requests}  ({wall:.0f} s)"
+        )
+
+    summaries = [r.summary(oracle_ok) for r in results]
+    computed = [c.ttft for c in oracle_choices if c.ttft is not None]
+    oracle_summary: dict[str, Any] = {
+        "name": "oracle",
+        "label": "oracle: fastest healthy model per request (computed, no client)",
+        "requests": len(oracle_choices),
+        "answers": len(computed),
+        "success": len(computed) / len(oracle_choices),
+        "success_when_healthy": 1.0,
+        "p50": percentile(computed, 50),
+        "p95": percentile(computed, 95),
+        "p99": percentile(computed, 99),
+        "ttfts": computed,
+        "upstream": len(computed),
+        "per_answer": 1.0,
+        "answers_per_1000": 1000.0,
+        "quota_answers": None,
+    }
+    known = [c.ttft for c in best_known(tier, workload) if c.ttft is not None]
+    known_summary: dict[str, Any] = {
+        "name": "best_known",
+        "label": "best-known healthy model per request (computed, no client)",
+        "requests": len(oracle_choices),
+        "answers": len(known),
+        "success": len(known) / len(oracle_choices),
+        "p50": percentile(known, 50),
+        "p95": percentile(known, 95),
+        "p99": percentile(known, 99),
+        "ttfts": known,
+        "per_answer": 1.0,
+    }
+    extra = []
+    if params.run_oracle:
+        models = {c.request: c.model for c in oracle_choices}
+        call = h.direct(lambda request: models.get(request), h._key("oracle"))
+        outcomes, log, wall = await h.run(call, workload.arrivals)
+        result = PolicyResult(
+            "oracle_run", "oracle's picks, called directly through litellm", outcomes, wall=wall
+        )
+        result.upstream, result.decisions = h._per_request(log, len(outcomes))
+        s = result.summary(oracle_ok)
+        progress(
+            f"  oracle (run)  success {s['success']:.1%}  p50 {s['p50'] or 0:.2f}s  "
+            f"p95 {s['p95'] or 0:.2f}s"
+        )
+        extra.append(s)
+    for handler in h.closers:  # no session may outlive this loop
+        await handler.aclose()
+    return {
+        "params": params.__dict__,
+        "tier": tier.to_json(),
+        "healthy_requests": sum(oracle_ok),
+        "policies": summaries,
+        "oracle": oracle_summary,
+        "best_known": known_summary,
+        "oracle_run": extra[0] if extra else None,
+    }
