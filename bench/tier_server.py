@@ -18,7 +18,6 @@ import asyncio
 import contextvars
 import dataclasses
 import json
-import signal
 import sys
 import time
 from collections import deque
@@ -31,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tier import ANSWER, RATE_WINDOW, REQUEST_TAG, Tier, TierModel
 
-from litellm_freerouter.simulator import ModelScript, Simulator
+from litellm_freerouter.simulator import ModelScript, Simulator, serve_until_signalled
 
 OPENROUTER_FREE = "openrouter/free"
 
@@ -201,21 +200,7 @@ def main() -> None:
     tier = Tier.from_json(json.loads(Path(args.tier).read_text()))
     simulator = TierSimulator(tier, args.time_scale)
 
-    async def serve() -> None:
-        runner = web.AppRunner(simulator.app(), handler_cancellation=True, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        port = int(runner.addresses[0][1])
-        print(f"READY http://127.0.0.1:{port}/api/v1", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await runner.cleanup()
-
-    asyncio.run(serve())
+    asyncio.run(serve_until_signalled(simulator, backlog=1024))
 
 
 if __name__ == "__main__":

@@ -923,7 +923,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     another process.
     """
     import argparse
-    import signal
 
     parser = argparse.ArgumentParser(prog="python -m litellm_freerouter.simulator")
     parser.add_argument("--port", type=int, default=0)
@@ -938,21 +937,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         scripts, daily_quota=args.daily_quota, api_key=args.api_key, time_scale=args.time_scale
     )
 
-    async def serve() -> None:
-        runner = web.AppRunner(simulator.app(), handler_cancellation=True, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", args.port)
-        await site.start()
-        port = int(runner.addresses[0][1])
-        print(f"READY http://127.0.0.1:{port}/api/v1", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await runner.cleanup()
+    asyncio.run(serve_until_signalled(simulator, port=args.port))
 
-    asyncio.run(serve())
+
+async def serve_until_signalled(simulator: Simulator, *, port: int = 0, backlog: int = 128) -> None:
+    """Serve on 127.0.0.1, print ``READY <api_base>`` once listening, stop on SIGTERM/SIGINT."""
+    import signal
+
+    runner = web.AppRunner(simulator.app(), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, backlog=backlog)
+    await site.start()
+    bound = int(runner.addresses[0][1])
+    print(f"READY http://127.0.0.1:{bound}/api/v1", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
 
 
 if __name__ == "__main__":
