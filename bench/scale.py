@@ -36,6 +36,7 @@ from common import (
     percentile,
     setup_process_env,
     simulator_process,
+    stop_process,
     varied_chunks,
 )
 
@@ -336,13 +337,7 @@ class Proxy:
         raise RuntimeError("proxy did not become healthy in 120 s")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=15)
+        stop_process(self.process)
 
 
 async def _proxy_levels(

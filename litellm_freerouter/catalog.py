@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -12,8 +11,6 @@ from typing import Any
 
 from . import events
 from .errors import CatalogUnavailable, NoModelAvailable
-
-log = logging.getLogger("litellm_freerouter")
 
 # The seed's "fastest inference providers first", applied only where the serving provider is
 # actually known (from /endpoints data): OpenRouter ids start with the model's author.

@@ -105,7 +105,7 @@ class Router:
         self._rng = rng or random.Random()
         self._sticky: OrderedDict[str, str] = OrderedDict()
         self._narrowed_notice = False
-        self._quota_task: asyncio.Task[None] | None = None
+        self._quota_task: asyncio.Task[Any] | None = None
         self._endpoints_task: asyncio.Task[None] | None = None
         self.api_key: str | None = None  # the key of the latest request, for /endpoints
 
@@ -159,11 +159,8 @@ class Router:
             self._quota_task.done() and self.catalog.stale()
         ):
             self._quota_task = asyncio.get_running_loop().create_task(
-                self._quota_once(api_key), name="freerouter-quota"
+                self.read_quota(api_key), name="freerouter-quota"
             )
-
-    async def _quota_once(self, api_key: str) -> None:
-        await self.read_quota(api_key)
 
     def _on_catalog(self, models: Sequence[FreeModel]) -> None:
         """A new list: learn each model's serving provider and latency in the background."""
