@@ -332,41 +332,22 @@ def _policy_call(h: Harness, name: str) -> tuple[Call, int]:
     raise ValueError(name)
 
 
-# The smallest hedge delay Router.hedge_after allows (a literal in router.py).
-HEDGE_FLOOR = 0.05
-
-
 def _scale_freerouter_constants(scale: float) -> Callable[[], None]:
     """Shrink freerouter's fixed times by the tier's time scale; returns the undo.
 
     health.py assumes 3 s for a never-measured model and charges 2 s per failure in ranking,
-    and Router.hedge_after never hedges sooner than 50 ms: on a tier running 20x faster those
-    would count as 60 s, 40 s and 1 s. The first two are module constants; the floor is a
-    literal, so a wrapper recomputes the delay with a scaled floor when the floor decided it.
+    and router.py never hedges sooner than 50 ms: on a tier running 20x faster those would
+    count as 60 s, 40 s and 1 s.
     """
-    from litellm_freerouter import health
-    from litellm_freerouter.router import Router
+    from litellm_freerouter import health, router
 
-    old_ttft, old_cost = health.DEFAULT_TTFT, health.FAILURE_COST
-    original = Router.hedge_after
-    health.DEFAULT_TTFT = old_ttft * scale
-    health.FAILURE_COST = old_cost * scale
-
-    def hedge_after(self: Router, model: Any, settings: Any) -> float:
-        value = original(self, model, settings)
-        if settings.hedge_delay != "auto" or value > HEDGE_FLOOR:
-            return value
-        stats = self.health.stats(model.id)  # the same estimate as hedge_after's own
-        usual = stats.quantile(0.9) if len(stats.ttft) >= 3 else None
-        if usual is None:
-            usual = stats.expected_ttft() * 1.5
-        return max(usual, HEDGE_FLOOR * scale)
-
-    Router.hedge_after = hedge_after  # type: ignore[method-assign]
+    old = health.DEFAULT_TTFT, health.FAILURE_COST, router.HEDGE_FLOOR
+    health.DEFAULT_TTFT = old[0] * scale
+    health.FAILURE_COST = old[1] * scale
+    router.HEDGE_FLOOR = old[2] * scale
 
     def undo() -> None:
-        health.DEFAULT_TTFT, health.FAILURE_COST = old_ttft, old_cost
-        Router.hedge_after = original  # type: ignore[method-assign]
+        health.DEFAULT_TTFT, health.FAILURE_COST, router.HEDGE_FLOOR = old
 
     return undo
 

@@ -51,6 +51,9 @@ class Settings:
     redis_url: str | None = field(default=None, repr=False)
     # Probability that a never-measured model is moved into the batch to get measured.
     explore: float = 0.1
+    # How many times an answer whose model fails after its first token is carried on by another
+    # model (0: the failure ends the answer with an error).
+    resume: int = 2
 
     def __post_init__(self) -> None:
         if self.race_width < 1:
@@ -75,6 +78,8 @@ class Settings:
             raise ConfigurationError("hedge_delay must be a non-negative number or 'auto'")
         if self.quota_reserve < 0:
             raise ConfigurationError("quota_reserve must not be negative")
+        if self.resume < 0:
+            raise ConfigurationError("resume must not be negative")
         if not 0 <= self.explore <= 1:
             raise ConfigurationError("explore must be between 0 and 1")
         if not self.api_base.startswith(("http://", "https://")):
@@ -111,7 +116,7 @@ TUNABLES: tuple[str, ...] = tuple(
 def _convert(name: str, raw: Any) -> Any:
     """Turn a string or YAML value into the field's type, with an error naming the setting."""
     try:
-        if name == "race_width" or name == "quota_reserve":
+        if name in ("race_width", "quota_reserve", "resume"):
             if isinstance(raw, bool):
                 raise ValueError
             return int(raw)

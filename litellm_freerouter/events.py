@@ -72,6 +72,25 @@ class Winner(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class Resumed(Event):
+    request_id: str
+    model: str  # the model that failed mid-answer
+    kind: str
+    delivered: int  # characters of content already delivered
+    restart: bool  # True: the answer starts afresh (nothing had reached the caller)
+
+    level = logging.WARNING
+
+    def message(self) -> str:
+        how = (
+            "starting the answer afresh on another model"
+            if self.restart
+            else f"carrying the answer on from its {self.delivered} characters on another model"
+        )
+        return f"[{self.request_id}] {self.model} failed mid-answer ({self.kind}); {how}"
+
+
+@dataclass(frozen=True, slots=True)
 class Finished(Event):
     request_id: str
     model: str

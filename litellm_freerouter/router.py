@@ -8,6 +8,7 @@ model, skip it for this request, or stop the request for the whole account).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -28,6 +29,7 @@ from .errors import (
     AllModelsFailed,
     CatalogUnavailable,
     Failure,
+    FreeRouterError,
     NoModelAvailable,
     UpstreamError,
     account_message,
@@ -42,6 +44,10 @@ log = logging.getLogger("litellm_freerouter")
 _request_ids = itertools.count(1)
 STICKY_SLACK = 1.5  # a conversation keeps its last winner while it is within 1.5x of the best
 STICKY_MAX = 256
+# A hedge waits until the first choice is later than this share of its measured first tokens
+# (unmeasured: 1.5x its expected time), and never less than HEDGE_FLOOR seconds.
+HEDGE_QUANTILE = 0.9
+HEDGE_FLOOR = 0.05
 
 
 @dataclass(slots=True)
@@ -275,11 +281,11 @@ class Router:
         if settings.hedge_delay != "auto":
             return float(settings.hedge_delay)
         stats = self.health.stats(model.id)
-        usual = stats.quantile(0.9) if len(stats.ttft) >= 3 else None
+        usual = stats.quantile(HEDGE_QUANTILE) if len(stats.ttft) >= 3 else None
         if usual is None:
             usual = stats.expected_ttft() * 1.5
         ceiling = settings.first_token_timeout or 60.0
-        return min(max(usual, 0.05), ceiling)
+        return min(max(usual, HEDGE_FLOOR), ceiling)
 
     # --- one request ---------------------------------------------------------------------------
 
@@ -346,14 +352,16 @@ class Router:
             return 1
         return width
 
-    async def stream(
-        self, body: dict[str, Any], settings: Settings
+    async def _attempt(
+        self, body: dict[str, Any], settings: Settings, request_id: str, failed: set[str]
     ) -> AsyncIterator[tuple[str, Delta]]:
-        """Race for ``body`` and yield (winning model, delta) until the answer ends."""
+        """One race for ``body`` among the models not in ``failed``, then the winner's answer:
+        yields (winning model, delta); a failure after the first token raises _MidAnswer."""
         api_key = settings.require_key()
         self.api_key = api_key
-        request_id = f"fr{next(_request_ids)}"
-        ordered_ready = await self.candidates(body, settings)
+        ordered_ready = [m for m in await self.candidates(body, settings) if m.id not in failed]
+        if not ordered_ready:
+            raise NoModelAvailable("no other free model is ready to carry this answer on")
         self._watch_quota(api_key)
         width = self._width(settings)
         conversation = conversation_key(body.get("messages") or [])
@@ -425,18 +433,82 @@ class Router:
         except UpstreamError as exc:
             error = str(exc)
             self._handle_failure(exc.failure, settings, request_id)
-            raise
+            raise _MidAnswer(exc, winner.id) from None
         finally:
             winner.close()
             events.emit(
                 events.Finished(request_id, winner.id, ok, loop.time() - race_start, error)
             )
 
+    async def stream(
+        self, body: dict[str, Any], settings: Settings
+    ) -> AsyncIterator[tuple[str, Delta]]:
+        """Race for ``body`` and yield (winning model, delta) until the answer ends.
+
+        When the winner fails after its first token, another race carries the answer on from
+        what was delivered (OpenRouter's assistant prefill), up to ``settings.resume`` times;
+        an answer that had started a tool call cannot be carried on and fails.
+        """
+        request_id = f"fr{next(_request_ids)}"
+        delivered = ""
+        tool_calls = False
+        failed: set[str] = set()
+        first_break: UpstreamError | None = None
+        current = body
+        while True:
+            try:
+                async for model, delta in self._attempt(current, settings, request_id, failed):
+                    delivered += delta.content
+                    tool_calls = tool_calls or bool(delta.tool_calls)
+                    yield model, delta
+                return
+            except _MidAnswer as broken:
+                if len(failed) >= settings.resume or tool_calls:
+                    raise broken.error from None
+                failed.add(broken.model)
+                first_break = first_break or broken.error
+                events.emit(
+                    events.Resumed(
+                        request_id, broken.model, broken.error.failure.kind, len(delivered), False
+                    )
+                )
+                current = with_prefill(body, delivered) if delivered else body
+            except (AllModelsFailed, NoModelAvailable) as exc:
+                if first_break is None:
+                    raise
+                raise _carry_on_failed(first_break, exc) from None
+
     async def complete(self, body: dict[str, Any], settings: Settings) -> Answer:
-        """The whole answer at once (the race still streams, to win on the first token)."""
+        """The whole answer at once (the race still streams, to win on the first token).
+
+        Nothing reaches the caller before the end, so an answer whose model fails after its first
+        token simply starts afresh on another model, up to ``settings.resume`` times.
+        """
+        request_id = f"fr{next(_request_ids)}"
+        failed: set[str] = set()
+        first_break: UpstreamError | None = None
+        while True:
+            try:
+                return await self._complete_once(body, settings, request_id, failed)
+            except _MidAnswer as broken:
+                if len(failed) >= settings.resume:
+                    raise broken.error from None
+                failed.add(broken.model)
+                first_break = first_break or broken.error
+                events.emit(
+                    events.Resumed(request_id, broken.model, broken.error.failure.kind, 0, True)
+                )
+            except (AllModelsFailed, NoModelAvailable) as exc:
+                if first_break is None:
+                    raise
+                raise _carry_on_failed(first_break, exc) from None
+
+    async def _complete_once(
+        self, body: dict[str, Any], settings: Settings, request_id: str, failed: set[str]
+    ) -> Answer:
         answer: Answer | None = None
         calls: dict[int, dict[str, Any]] = {}
-        async for model, delta in self.stream(body, settings):
+        async for model, delta in self._attempt(body, settings, request_id, failed):
             if answer is None:
                 answer = Answer(model=model)
             answer.content += delta.content
@@ -462,3 +534,37 @@ class Router:
         if answer.tool_calls and answer.finish_reason == "stop":
             answer.finish_reason = "tool_calls"
         return answer
+
+
+class _MidAnswer(Exception):
+    """Internal: the winner failed after its first token."""
+
+    def __init__(self, error: UpstreamError, model: str) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.model = model
+
+
+def with_prefill(body: Mapping[str, Any], delivered: str) -> dict[str, Any]:
+    """``body`` asking the next model to go on from ``delivered``: the text becomes (the end of)
+    a final assistant message, which OpenRouter passes on as a prefill to continue."""
+    messages = list(body.get("messages") or [])
+    last = messages[-1] if messages else None
+    if (
+        isinstance(last, Mapping)
+        and last.get("role") == "assistant"
+        and isinstance(last.get("content"), str)
+        and not last.get("tool_calls")
+    ):
+        messages[-1] = dict(last, content=last["content"] + delivered)
+    else:
+        messages.append({"role": "assistant", "content": delivered})
+    return dict(body, messages=messages)
+
+
+def _carry_on_failed(broken: UpstreamError, exc: FreeRouterError) -> UpstreamError:
+    """The answer broke and no other model could carry it on: the first break, as it was (so
+    that litellm maps it the same way), saying why it could not be mended."""
+    failure = broken.failure
+    message = f"{failure.message}; no other model could carry the answer on: {exc}"
+    return type(broken)(dataclasses.replace(failure, message=message))

@@ -18,8 +18,8 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any, NoReturn, TypeVar
@@ -271,6 +271,27 @@ def _reasoning_delta(text: str) -> dict[str, Any]:
             {"type": "reasoning.text", "text": text, "format": "unknown", "index": 0}
         ],
     }
+
+
+def _continue_from(script: ModelScript, body: Mapping[str, Any]) -> ModelScript:
+    """A final assistant message is a prefill: the model goes on from where it ends (OpenRouter's
+    assistant prefill), so the script's answer is cut to what follows it. A prefill that is not
+    the start of the script's answer is ignored, as some models do."""
+    messages = body.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    if not isinstance(last, Mapping) or last.get("role") != "assistant":
+        return script
+    prefill = last.get("content")
+    answer = "".join(script.chunks)
+    if not isinstance(prefill, str) or not prefill or not answer.startswith(prefill):
+        return script
+    rest: list[str] = []
+    done = 0
+    for chunk in script.chunks:
+        if done + len(chunk) > len(prefill):
+            rest.append(chunk[max(0, len(prefill) - done) :])
+        done += len(chunk)
+    return replace(script, chunks=tuple(rest), reasoning=())
 
 
 def _hits(limit: int | None, sent: int, at_end: bool) -> bool:
@@ -560,7 +581,7 @@ class Simulator:
             if rejection is not None:
                 rec.outcome = f"status:{rejection.status}"
                 return rejection
-            script = self.models[rec.model]
+            script = _continue_from(self.models[rec.model], body)
             gen = _Generation(script)
             if body.get("stream") is True:
                 resp = web.StreamResponse(

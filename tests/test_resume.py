@@ -1,0 +1,141 @@
+"""An answer whose model breaks off after its first token is carried on by another model."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import litellm
+import pytest
+
+from litellm_freerouter.router import with_prefill
+from litellm_freerouter.simulator import ModelScript
+
+from .conftest import Upstream, fast, request_tasks
+
+MESSAGES = [{"role": "user", "content": "Tell me about racing"}]
+ANSWER = "Racing free models gives the first token of the quickest one"
+WORDS = tuple(w if i == 0 else " " + w for i, w in enumerate(ANSWER.split(" ")))
+
+
+def breaking(model_id: str, **fault: Any) -> ModelScript:
+    """The whole answer, but the model breaks off mid-way (``fault``)."""
+    return ModelScript(model_id, chunks=WORDS, **fault)
+
+
+def stream_text(**kwargs: Any) -> tuple[str, list[Any]]:
+    response = litellm.completion(
+        model="freerouter/auto", messages=MESSAGES, stream=True, **kwargs
+    )
+    chunks = list(response)
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks
+
+
+def last_body(upstream: Upstream, model_id: str) -> dict[str, Any]:
+    return [r.body for r in upstream.sim.requests if r.model == model_id][-1]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [{"stall_after_chunks": 3}, {"drop_after_chunks": 3}, {"error_chunk_after": 3}],
+    ids=["stall", "reset", "error-event"],
+)
+def test_stream_is_carried_on_from_what_was_delivered(
+    upstream: Upstream, fault: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The caller reads one whole answer: the broken model's start, then the next model's
+    continuation, which was asked to go on from exactly the delivered text."""
+    upstream.sim.set_models(
+        [breaking("break/a:free", **fault), ModelScript("steady/b:free", chunks=WORDS,
+                                                        first_token_delay=0.4)]
+    )
+    with caplog.at_level(logging.WARNING, logger="litellm_freerouter"):
+        text, chunks = stream_text(race_width=2, idle_timeout=0.3)
+    assert text == ANSWER
+    delivered = "".join(WORDS[:3])
+    sent = last_body(upstream, "steady/b:free")["messages"]
+    assert sent[:-1] == MESSAGES
+    assert sent[-1] == {"role": "assistant", "content": delivered}
+    # Each chunk names the model that wrote it.
+    by_model = [(c.freerouter_model, c.choices[0].delta.content) for c in chunks
+                if c.choices and c.choices[0].delta.content]
+    assert [m for m, _ in by_model[:3]] == ["break/a:free"] * 3
+    assert {m for m, _ in by_model[3:]} == {"steady/b:free"}
+    assert "break/a:free failed mid-answer" in caplog.text
+    assert f"from its {len(delivered)} characters" in caplog.text
+    upstream.wait_idle()
+    assert request_tasks() == []
+
+
+def test_whole_answer_starts_afresh_without_the_broken_part(upstream: Upstream) -> None:
+    """Nothing reached the caller yet: the next model answers from the start, no prefill."""
+    upstream.sim.set_models(
+        [breaking("break/a:free", drop_after_chunks=2),
+         fast("steady/b:free", "A fresh whole answer", delay=0.4)]
+    )
+    response = litellm.completion(
+        model="freerouter/auto", messages=MESSAGES, race_width=2, idle_timeout=0.3
+    )
+    assert response.choices[0].message.content == "A fresh whole answer"
+    assert response.freerouter_model == "steady/b:free"
+    assert last_body(upstream, "steady/b:free")["messages"] == MESSAGES
+    upstream.wait_idle()
+    assert request_tasks() == []
+
+
+async def test_async_stream_is_carried_on(upstream: Upstream) -> None:
+    upstream.sim.set_models(
+        [breaking("break/a:free", stall_after_chunks=4),
+         ModelScript("steady/b:free", chunks=WORDS, first_token_delay=0.4)]
+    )
+    response = await litellm.acompletion(
+        model="freerouter/auto", messages=MESSAGES, stream=True, race_width=2, idle_timeout=0.3
+    )
+    text = ""
+    async for chunk in response:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+    assert text == ANSWER
+    assert upstream.sim.calls_for("steady/b:free") == 2  # the cancelled loser, then the rest
+
+
+def test_resume_zero_keeps_the_break_as_an_error(upstream: Upstream) -> None:
+    upstream.sim.set_models(
+        [breaking("break/a:free", stall_after_chunks=3), fast("steady/b:free", delay=0.4)]
+    )
+    with pytest.raises(litellm.Timeout, match="break/a:free"):
+        stream_text(race_width=2, idle_timeout=0.3, resume=0)
+    assert upstream.sim.calls_for("steady/b:free") == 1  # only as the race's loser
+
+
+def test_each_break_costs_one_resume_then_the_error_stands(upstream: Upstream) -> None:
+    """Two models that both break: with resume=1 the second break is the caller's error."""
+    upstream.sim.set_models(
+        [breaking("break/a:free", stall_after_chunks=2),
+         breaking("break/b:free", stall_after_chunks=4, first_token_delay=0.2),
+         fast("steady/c:free", delay=0.4, context_length=10**6)]
+    )
+    with pytest.raises(litellm.Timeout, match="break/b:free"):
+        stream_text(race_width=1, idle_timeout=0.3, resume=1, explore=0)
+    assert upstream.sim.calls_for("steady/c:free") == 0
+
+
+def test_no_model_left_to_carry_on_says_both(upstream: Upstream) -> None:
+    """The only model broke: the error is still the break (litellm.Timeout, naming the model),
+    and says why it could not be mended."""
+    upstream.sim.set_models([breaking("break/a:free", stall_after_chunks=3)])
+    with pytest.raises(litellm.Timeout, match="no other model could carry the answer on"):
+        stream_text(idle_timeout=0.3)
+    upstream.wait_idle()
+    assert request_tasks() == []
+
+
+def test_prefill_extends_a_callers_own_prefill() -> None:
+    body = {"model": "x", "messages": [*MESSAGES, {"role": "assistant", "content": "Sure:"}]}
+    assert with_prefill(body, " racing")["messages"][-1] == {
+        "role": "assistant",
+        "content": "Sure: racing",
+    }
+    assert body["messages"][-1]["content"] == "Sure:"  # the caller's body is not changed
+    plain = with_prefill({"messages": MESSAGES}, "Racing")
+    assert plain["messages"] == [*MESSAGES, {"role": "assistant", "content": "Racing"}]
