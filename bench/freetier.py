@@ -335,19 +335,20 @@ def _policy_call(h: Harness, name: str) -> tuple[Call, int]:
 def _scale_freerouter_constants(scale: float) -> Callable[[], None]:
     """Shrink freerouter's fixed times by the tier's time scale; returns the undo.
 
-    health.py assumes 3 s for a never-measured model and charges 2 s per failure in ranking,
-    and router.py never hedges sooner than 50 ms: on a tier running 20x faster those would
-    count as 60 s, 40 s and 1 s.
+    health.py assumes 3 s for a never-measured model, charges 2 s per failure in ranking and
+    counts a model's per-minute limit over 60 s, and router.py never hedges sooner than 50 ms:
+    on a tier running 20x faster those would count as 60 s, 40 s, 20 minutes and 1 s.
     """
     from litellm_freerouter import health, router
 
-    old = health.DEFAULT_TTFT, health.FAILURE_COST, router.HEDGE_FLOOR
+    old = health.DEFAULT_TTFT, health.FAILURE_COST, health.RPM_WINDOW, router.HEDGE_FLOOR
     health.DEFAULT_TTFT = old[0] * scale
     health.FAILURE_COST = old[1] * scale
-    router.HEDGE_FLOOR = old[2] * scale
+    health.RPM_WINDOW = old[2] * scale
+    router.HEDGE_FLOOR = old[3] * scale
 
     def undo() -> None:
-        health.DEFAULT_TTFT, health.FAILURE_COST, router.HEDGE_FLOOR = old
+        health.DEFAULT_TTFT, health.FAILURE_COST, health.RPM_WINDOW, router.HEDGE_FLOOR = old
 
     return undo
 

@@ -126,15 +126,13 @@ class TierSimulator(Simulator):
             window.popleft()
         if len(window) >= model.rpm:
             entry["decision"] = "rate_limited"
+            # OpenRouter's wording for a model's own per-minute limit (REFERENCE.md).
             return dataclasses.replace(
                 base,
                 status=429,
-                error_message="Provider returned error",
-                error_metadata={
-                    "raw": f"{model.id} is temporarily rate-limited upstream. Please "
-                    "retry shortly.",
-                    "provider_name": "SimProvider",
-                },
+                error_message=f"Rate limit exceeded: limit_rpm/{model.id}/sim. High demand for"
+                f" {model.id} on OpenRouter - limited to {model.rpm} requests per minute."
+                " Please retry shortly.",
             ), error_delay
         window.append(now)
         draw = self.tier.draw(model, req, attempt)

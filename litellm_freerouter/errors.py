@@ -61,6 +61,8 @@ class Failure:
     retry_after: float | None = None
     # Absolute reset time (epoch seconds) of an account limit, when the upstream said it.
     reset_at: float | None = None
+    # A model's own requests-per-minute limit, when its 429 said it (``limit_rpm/...``).
+    limit_rpm: int | None = None
 
     def describe(self) -> str:
         where = f"{self.model}: " if self.model else ""
@@ -117,6 +119,8 @@ class CatalogUnavailable(FreeRouterError):
 _CONTEXT = re.compile(r"context length|context window|maximum context|too many tokens", re.I)
 _UNSUPPORTED = re.compile(r"no endpoints found that support|does not support|not support", re.I)
 _PRIVACY = re.compile(r"data policy|privacy", re.I)
+# "High demand for <id> on OpenRouter - limited to N requests per minute" (limit_rpm/<id>/...).
+_LIMIT_RPM = re.compile(r"(\d+) requests? per minute", re.I)
 _NO_ENDPOINTS = re.compile(
     r"no endpoints found|no allowed providers|not a valid model|deprecated"
     r"|no longer (available|free)|has ended|unavailable",
@@ -206,7 +210,8 @@ def classify(
             return failure("daily_quota", "account", reset_at=reset)
         if "free-models-per-min" in text:
             return Failure("minute_limit", "account", message, model, status, retry_after or 60.0)
-        return failure("rate_limited", "model")
+        rpm = _LIMIT_RPM.search(text)
+        return failure("rate_limited", "model", limit_rpm=int(rpm.group(1)) if rpm else None)
     if status == 404:
         if _PRIVACY.search(text):
             return failure("privacy", "account")

@@ -34,6 +34,8 @@ SAMPLES = 32
 FAILURE_COST = 2.0
 # Statistics of a model not raced for this long are forgotten.
 STATS_KEEP = 7 * 86400.0
+# A model's own per-minute limit (learnt from its 429) counts requests over this many seconds.
+RPM_WINDOW = 60.0
 # A quota entry outlives its reset by a day, so that the limit is still known the next day.
 QUOTA_KEEP = 86400.0
 
@@ -49,6 +51,7 @@ class ModelStats:
     prior_ttft: float | None = None  # from OpenRouter's per-endpoint latency, when known
     wins: int = 0
     attempts: int = 0
+    limit_rpm: int | None = None  # the model's own requests-per-minute limit, once it said so
 
     @property
     def measured(self) -> bool:
@@ -118,6 +121,8 @@ class Health:
         # The model entries behind the current copy, to skip rebuilding unchanged ones.
         self._last: dict[str, Entry | None] = {}
         self._read: dict[str, Entry | None] = {}
+        # When this process last sent each model a request (for per-minute limits).
+        self._sent: dict[str, deque[float]] = {}
         self.refresh()
 
     def refresh(self) -> None:
@@ -211,7 +216,44 @@ class Health:
         def edit(stats: ModelStats) -> None:
             stats.attempts += 1
 
+        with self._lock:
+            self._sent.setdefault(model, deque()).append(self.clock())
         self._update_stats(model, edit)
+
+    def _recent(self, model: str, now: float) -> deque[float]:
+        sent = self._sent.get(model) or deque()
+        while sent and sent[0] <= now - RPM_WINDOW:
+            sent.popleft()
+        return sent
+
+    def refused(self, model: str, limit_rpm: int | None) -> None:
+        """The model answered 429 without serving: the request did not use its minute (so it
+        is not counted), and its per-minute limit, when it said one, is remembered."""
+        with self._lock:
+            sent = self._sent.get(model)
+            if sent:
+                sent.pop()
+            known = self._models.get(model)
+            if limit_rpm is None or (known is not None and known.limit_rpm == limit_rpm):
+                return
+
+        def edit(stats: ModelStats) -> None:
+            stats.limit_rpm = limit_rpm
+
+        self._update_stats(model, edit)
+
+    def limit_wait(self, model: str) -> float:
+        """Seconds until this process may send ``model`` another request without passing its
+        known per-minute limit (0: now)."""
+        with self._lock:
+            stats = self._models.get(model)
+            if stats is None or not stats.limit_rpm:
+                return 0.0
+            now = self.clock()
+            sent = self._recent(model, now)
+            if len(sent) < stats.limit_rpm:
+                return 0.0
+            return max(0.0, sent[len(sent) - stats.limit_rpm] + RPM_WINDOW - now)
 
     def record_first_token(self, model: str, seconds: float) -> None:
         def edit(stats: ModelStats) -> None:
@@ -375,6 +417,7 @@ def _stats_from(data: Mapping[str, Any]) -> ModelStats:
         prior_ttft=_optional_float(data.get("prior")),
         wins=_int(data.get("wins")) or 0,
         attempts=_int(data.get("attempts")) or 0,
+        limit_rpm=_int(data.get("limit_rpm")),
     )
 
 
@@ -387,6 +430,7 @@ def _stats_data(stats: ModelStats) -> dict[str, Any]:
         "prior": stats.prior_ttft,
         "wins": stats.wins,
         "attempts": stats.attempts,
+        "limit_rpm": stats.limit_rpm,
     }
 
 

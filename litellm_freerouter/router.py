@@ -248,8 +248,14 @@ class Router:
     ) -> list[FreeModel]:
         """Best expected first-token time first; some exploration; the conversation's winner."""
         position = {m.id: i for i, m in enumerate(models)}
+        # A model at its own per-minute limit would answer 429: it goes last until it frees up.
         ordered = sorted(
-            models, key=lambda m: (self.health.stats(m.id).score(), position[m.id])
+            models,
+            key=lambda m: (
+                self.health.limit_wait(m.id) > 0,
+                self.health.stats(m.id).score(),
+                position[m.id],
+            ),
         )
         unmeasured = [m for m in ordered[width:] if not self.health.stats(m.id).measured]
         # Explore in the last slot of a real race only: the best models still run beside it.
@@ -297,6 +303,12 @@ class Router:
 
     def _handle_failure(self, failure: Failure, settings: Settings, request_id: str) -> None:
         cooldown = cooldown_for(failure, settings)
+        if failure.kind == "rate_limited" and failure.model:
+            self.health.refused(failure.model, failure.limit_rpm)
+            wait = self.health.limit_wait(failure.model)
+            if wait > 0 and cooldown is not None and not failure.retry_after:
+                # Its own limit, passed by this process: out only until the minute frees up.
+                cooldown = min(cooldown, wait)
         if failure.scope == "model":
             self.health.record_failure(failure.model or "")
             if cooldown:

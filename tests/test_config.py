@@ -38,6 +38,7 @@ def test_every_tunable_reads_its_environment_variable() -> None:
         "FREEROUTER_STATE_DIR": "/tmp/x",
         "FREEROUTER_REDIS_URL": "redis://127.0.0.1:1/0",
         "FREEROUTER_EXPLORE": "0.5",
+        "FREEROUTER_RESUME": "0",
     }
     s = load_settings(environ=env)
     assert (s.race_width, s.first_token_timeout, s.idle_timeout, s.refresh_interval) == (
@@ -54,6 +55,7 @@ def test_every_tunable_reads_its_environment_variable() -> None:
         0.5,
     )
     assert s.redis_url == "redis://127.0.0.1:1/0"
+    assert s.resume == 0
     assert {f"FREEROUTER_{t.upper()}" for t in TUNABLES} == set(env)
 
 
@@ -81,6 +83,8 @@ def test_precedence_arguments_then_params_then_environment() -> None:
         ("hedge_delay", "sometimes", "invalid value 'sometimes' for hedge_delay"),
         ("cooldown_slow", "nan", "cooldown_slow must be a non-negative number"),
         ("explore", 2, "explore must be between 0 and 1"),
+        ("resume", -1, "resume must not be negative"),
+        ("resume", "twice", "invalid value 'twice' for resume (FREEROUTER_RESUME)"),
     ],
 )
 def test_bad_values_name_the_setting(name: str, value: object, message: str) -> None:

@@ -171,3 +171,21 @@ def test_all_failed_summarises_each_model() -> None:
     )
     assert "a:free: 502 server (down)" in str(error)
     assert "b:free: slow (no token)" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("text", "limit"),
+    [
+        (
+            "Rate limit exceeded: limit_rpm/google/m:free/abc. High demand for google/m:free on"
+            " OpenRouter - limited to 1 requests per minute. Please retry shortly.",
+            1,
+        ),
+        ("limit_rpm/x/y: high demand, 8 requests per minute", 8),
+        ("Provider returned error", None),
+    ],
+)
+def test_a_models_own_per_minute_limit_is_read(text: str, limit: int | None) -> None:
+    """A model's 429 that states its per-minute limit carries it; other 429s do not."""
+    failure = classify(429, body(text), model="m")
+    assert (failure.kind, failure.scope, failure.limit_rpm) == ("rate_limited", "model", limit)

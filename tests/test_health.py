@@ -93,3 +93,22 @@ def test_a_slow_loser_is_learnt_as_slow_but_a_quick_loss_teaches_nothing() -> No
     fresh = health.stats("new:free").expected_ttft()
     health.record_lower_bound("new:free", 0.1)
     assert health.stats("new:free").expected_ttft() == fresh
+
+
+def test_a_models_per_minute_limit_paces_this_process() -> None:
+    """Once a model said its limit, sending it more within a minute waits for the oldest
+    request to leave the minute; a refused request does not count."""
+    clock = Clock()
+    health = Health(clock=clock)
+    health.record_attempt("m:free")
+    clock.now += 10
+    health.record_attempt("m:free")
+    health.record_attempt("m:free")  # refused below: not counted
+    assert health.limit_wait("m:free") == 0  # no limit known yet
+    health.refused("m:free", 2)
+    assert health.stats("m:free").limit_rpm == 2
+    assert health.limit_wait("m:free") == 50  # the first request leaves the minute in 50 s
+    clock.now += 50
+    assert health.limit_wait("m:free") == 0
+    health.refused("n:free", None)  # a 429 without a stated limit teaches no limit
+    assert health.stats("n:free").limit_rpm is None

@@ -359,3 +359,42 @@ def test_conversation_keeps_its_winner_while_it_is_fast() -> None:
     assert r.rank(MODELS, Settings(explore=0), key, 2)[0].id == "m/1:free"
     r.health.record_first_token("m/1:free", 2.0)
     assert r.rank(MODELS, Settings(explore=0), key, 2)[0].id == "m/0:free"
+
+
+def test_a_model_at_its_stated_limit_rests_only_until_its_minute_frees(
+    upstream: Upstream,
+) -> None:
+    """A 429 stating the model's per-minute limit, reached by this process, cools the model
+    only until its oldest request leaves the minute (not the 90 s of an unexplained 429), and
+    until then the model is ranked last."""
+    limited = "Rate limit exceeded: limit_rpm/lim/a:free/x. limited to 1 requests per minute."
+    upstream.sim.set_models(
+        [fast("lim/a:free", "first", context_length=1000), fast("ok/b:free", delay=0.3)]
+    )
+    assert ask(race_width=1).choices[0].message.content == "first"
+    upstream.sim.set_models(
+        [
+            ModelScript("lim/a:free", context_length=1000, status=429, error_message=limited),
+            fast("ok/b:free", "second", context_length=2000),
+        ]
+    )
+    assert ask(race_width=1).choices[0].message.content == "second"
+    health = router().health
+    assert health.stats("lim/a:free").limit_rpm == 1
+    assert 50 < health.cooling_for("lim/a:free") <= 60
+
+
+def test_a_model_at_its_limit_ranks_last_until_its_minute_frees() -> None:
+    clock = [0.0]
+    r = make_router(clock)
+    r.health.record_first_token("m/0:free", 0.1)  # by far the fastest
+    r.health.record_first_token("m/1:free", 0.9)
+    r.health.record_attempt("m/0:free")
+    r.health.record_attempt("m/0:free")
+    r.health.refused("m/0:free", 1)  # the second was refused: its limit is 1 a minute
+    assert [m.id for m in r.rank(MODELS[:2], Settings(explore=0), None, 1)] == [
+        "m/1:free",
+        "m/0:free",
+    ]
+    clock[0] += 61
+    assert r.rank(MODELS[:2], Settings(explore=0), None, 1)[0].id == "m/0:free"
