@@ -45,6 +45,8 @@ class ModelStats:
     cooling_until: float = 0.0
     cool_reason: str = ""
     ttft: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
+    # Times after which the model had still sent no token when it lost a race: lower bounds.
+    lost: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
     ewma_ttft: float | None = None
     successes: float = 0.0
     failures: float = 0.0
@@ -78,10 +80,22 @@ class ModelStats:
         return (self.expected_ttft() + FAILURE_COST * (1 - reliability)) / reliability
 
     def quantile(self, q: float) -> float | None:
+        """The ``q`` quantile of first-token times (None before the first one).
+
+        Lost races count as lower bounds (Kaplan-Meier): a model is measured only when it wins,
+        and leaving out the times it was overtaken while still silent would make its slow tail
+        look shorter than it is. Past what the data shows, the largest time seen stands in.
+        """
         if not self.ttft:
             return None
-        ordered = sorted(self.ttft)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        times = sorted([(t, True) for t in self.ttft] + [(t, False) for t in self.lost])
+        survival = 1.0
+        for i, (seconds, observed) in enumerate(times):
+            if observed:
+                survival *= 1.0 - 1.0 / (len(times) - i)
+                if 1.0 - survival >= q - 1e-9:
+                    return seconds
+        return times[-1][0]
 
 
 @dataclass(slots=True)
@@ -269,18 +283,16 @@ class Health:
 
     def record_lower_bound(self, model: str, seconds: float) -> None:
         """A race's loser had sent no token after ``seconds``: its first-token time is at least
-        that. Only ever raises the estimate (a quick loss says nothing about being fast), so a
-        model that keeps losing slowly drops down the ranking without being called a failure."""
+        that. Kept for its quantiles, and only ever raises the expected time (a quick loss says
+        nothing about being fast), so a model that keeps losing slowly drops down the ranking
+        without being called a failure."""
 
         def edit(stats: ModelStats) -> None:
+            stats.lost.append(seconds)
             expected = stats.expected_ttft()
             if seconds > expected:
                 stats.ewma_ttft = 0.5 * expected + 0.5 * seconds
 
-        with self._lock:
-            known = self._models.get(model)
-            if known is not None and seconds <= known.expected_ttft():
-                return  # nothing to learn: no write
         self._update_stats(model, edit)
 
     def record_failure(self, model: str) -> None:
@@ -403,14 +415,18 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _samples(raw: Any) -> deque[float]:
+    values = raw if isinstance(raw, list) else ()
+    return deque(
+        (float(s) for s in values if isinstance(s, (int, float)) and not isinstance(s, bool)),
+        maxlen=SAMPLES,
+    )
+
+
 def _stats_from(data: Mapping[str, Any]) -> ModelStats:
-    samples = data.get("ttft")
     return ModelStats(
-        ttft=deque(
-            (float(s) for s in samples if isinstance(s, (int, float)))
-            if isinstance(samples, list) else (),
-            maxlen=SAMPLES,
-        ),
+        ttft=_samples(data.get("ttft")),
+        lost=_samples(data.get("lost")),
         ewma_ttft=_optional_float(data.get("ewma")),
         successes=_float(data.get("successes")),
         failures=_float(data.get("failures")),
@@ -424,6 +440,7 @@ def _stats_from(data: Mapping[str, Any]) -> ModelStats:
 def _stats_data(stats: ModelStats) -> dict[str, Any]:
     return {
         "ttft": list(stats.ttft),
+        "lost": list(stats.lost),
         "ewma": stats.ewma_ttft,
         "successes": stats.successes,
         "failures": stats.failures,

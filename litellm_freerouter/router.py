@@ -44,9 +44,11 @@ log = logging.getLogger("litellm_freerouter")
 _request_ids = itertools.count(1)
 STICKY_SLACK = 1.5  # a conversation keeps its last winner while it is within 1.5x of the best
 STICKY_MAX = 256
-# A hedge waits until the first choice is later than this share of its measured first tokens
-# (unmeasured: 1.5x its expected time), and never less than HEDGE_FLOOR seconds.
+# A hedge waits until the first choice is later than this share of its measured first tokens,
+# and never less than HEDGE_FLOOR seconds. Before three measurements the same quantile is taken
+# from a typical free model's spread around its expected time (lognormal, sigma 0.6: 2.2x).
 HEDGE_QUANTILE = 0.9
+HEDGE_UNMEASURED = 2.2
 HEDGE_FLOOR = 0.05
 
 
@@ -289,7 +291,7 @@ class Router:
         stats = self.health.stats(model.id)
         usual = stats.quantile(HEDGE_QUANTILE) if len(stats.ttft) >= 3 else None
         if usual is None:
-            usual = stats.expected_ttft() * 1.5
+            usual = stats.expected_ttft() * HEDGE_UNMEASURED
         ceiling = settings.first_token_timeout or 60.0
         return min(max(usual, HEDGE_FLOOR), ceiling)
 

@@ -112,3 +112,19 @@ def test_a_models_per_minute_limit_paces_this_process() -> None:
     assert health.limit_wait("m:free") == 0
     health.refused("n:free", None)  # a 429 without a stated limit teaches no limit
     assert health.stats("n:free").limit_rpm is None
+
+
+def test_lost_races_lengthen_the_measured_tail() -> None:
+    """Quantiles count lost races as lower bounds: a model measured only when quick, but
+    often overtaken while still silent, has a slow tail that its wins alone would hide."""
+    health = Health(clock=Clock())
+    for seconds in (0.2, 0.3, 0.4, 0.5):
+        health.record_first_token("m:free", seconds)
+    assert health.stats("m:free").quantile(0.5) == 0.3
+    for _ in range(4):
+        health.record_lower_bound("m:free", 0.45)
+    # Four of eight attempts were still silent at 0.45 s: only 3 of 8 are known to have been
+    # quicker than 0.5 s, so the median moves from 0.3 to 0.5 s.
+    assert health.stats("m:free").quantile(0.5) == 0.5
+    health.record_lower_bound("m:free", 3.0)  # past every time seen: the tail reaches it
+    assert health.stats("m:free").quantile(0.9) == 3.0
