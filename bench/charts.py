@@ -21,6 +21,8 @@ COLOURS = {
     "oracle": "#000000",
     "oracle_run": "#555555",
     "best_known": "#9467bd",
+    "informed_race": "#17becf",
+    "informed_hedged": "#bcbd22",
 }
 SHORT = {
     "router": "LiteLLM Router",
@@ -31,6 +33,8 @@ SHORT = {
     "oracle": "oracle",
     "oracle_run": "oracle via litellm",
     "best_known": "best-known model",
+    "informed_race": "perfect knowledge, race 3",
+    "informed_hedged": "perfect knowledge, hedged",
 }
 
 
@@ -114,7 +118,11 @@ def overhead(data: dict[str, Any], path: Path) -> None:
 
 def freetier(data: dict[str, Any], path: Path) -> None:
     rows = list(data["policies"])
-    refs = [data["oracle"]] + ([data["oracle_run"]] if data.get("oracle_run") else [])
+    refs = (
+        list(data.get("informed") or [])
+        + [data["oracle"]]
+        + ([data["oracle_run"]] if data.get("oracle_run") else [])
+    )
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), gridspec_kw={"width_ratios": [1.5, 1.0, 1.3]})
     ax = axes[0]
     names = [r["name"] for r in rows + refs]
@@ -170,7 +178,7 @@ def freetier(data: dict[str, Any], path: Path) -> None:
             continue
         n = r["requests"]  # failures never arrive: the curve tops out at the success rate
         ys = [(i + 1) / n for i in range(len(values))]
-        style = ":" if r["name"].startswith("oracle") else "-"
+        style = ":" if r["name"].startswith(("oracle", "informed")) else "-"
         ax.step(
             values,
             ys,

@@ -31,6 +31,7 @@ from tier import (
     Tier,
     Workload,
     best_known,
+    informed,
     make_tier,
     messages_for,
     oracle,
@@ -67,6 +68,7 @@ class PolicyResult:
     outcomes: list[Outcome] = field(default_factory=list)
     upstream: list[int] = field(default_factory=list)  # upstream requests per workload request
     decisions: dict[str, int] = field(default_factory=dict)
+    resumed: int = 0
     wall: float = 0.0
     quota_answers: int | None = None
     quota_requests: int | None = None
@@ -88,6 +90,7 @@ class PolicyResult:
                 sum(o.ok for o in healthy) / len(healthy) if healthy else None
             ),
             "broke_mid_answer": sum(1 for o in self.outcomes if not o.ok and o.started_content),
+            "resumed": self.resumed,
             "p50": percentile(ttfts, 50),
             "p95": percentile(ttfts, 95),
             "p99": percentile(ttfts, 99),
@@ -269,32 +272,45 @@ class Harness:
     async def run(
         self, call: Call, arrivals: tuple[float, ...], *, retries: int = 0, quota: int | None = None
     ) -> tuple[list[Outcome], dict[str, Any], float]:
+        from litellm_freerouter import events
+
         scale = self.p.time_scale
-        async with aiohttp.ClientSession() as session:
-            await self._reset(session, quota)
-            t0 = time.perf_counter()
+        resumed = 0
 
-            async def one(request: int, arrival: float) -> Outcome:
-                await asyncio.sleep(max(0.0, t0 + arrival * scale - time.perf_counter()))
-                started = time.perf_counter()
+        def count(event: events.Event) -> None:
+            nonlocal resumed
+            resumed += isinstance(event, events.Resumed)
 
-                async def attempts() -> Outcome:
-                    outcome = Outcome(False, error="not tried")
-                    for _ in range(retries + 1):
-                        outcome = await _attempt(call, request, started, scale)
-                        if outcome.ok or outcome.started_content:
-                            break
-                    return outcome
+        unsubscribe = events.subscribe(count)
+        try:
+            async with aiohttp.ClientSession() as session:
+                await self._reset(session, quota)
+                t0 = time.perf_counter()
 
-                try:
-                    return await asyncio.wait_for(attempts(), REQUEST_DEADLINE * scale)
-                except asyncio.TimeoutError:
-                    return Outcome(False, None, "deadline")
+                async def one(request: int, arrival: float) -> Outcome:
+                    await asyncio.sleep(max(0.0, t0 + arrival * scale - time.perf_counter()))
+                    started = time.perf_counter()
 
-            outcomes = await asyncio.gather(*(one(i, a) for i, a in enumerate(arrivals)))
-            wall = time.perf_counter() - t0
-            await asyncio.sleep(0.3)  # let cancelled upstream requests reach the log
-            log = await self._log(session)
+                    async def attempts() -> Outcome:
+                        outcome = Outcome(False, error="not tried")
+                        for _ in range(retries + 1):
+                            outcome = await _attempt(call, request, started, scale)
+                            if outcome.ok or outcome.started_content:
+                                break
+                        return outcome
+
+                    try:
+                        return await asyncio.wait_for(attempts(), REQUEST_DEADLINE * scale)
+                    except asyncio.TimeoutError:
+                        return Outcome(False, None, "deadline")
+
+                outcomes = await asyncio.gather(*(one(i, a) for i, a in enumerate(arrivals)))
+                wall = time.perf_counter() - t0
+                await asyncio.sleep(0.3)  # let cancelled upstream requests reach the log
+                log = await self._log(session)
+        finally:
+            unsubscribe()
+        log["resumed"] = resumed  # freerouter answers carried on after breaking off
         return list(outcomes), log, wall
 
     @staticmethod
@@ -404,7 +420,7 @@ async def _run_all(
     for name, label in POLICIES:
         call, retries = _policy_call(h, name)
         outcomes, log, wall = await h.run(call, workload.arrivals, retries=retries)
-        result = PolicyResult(name, label, outcomes, wall=wall)
+        result = PolicyResult(name, label, outcomes, wall=wall, resumed=log["resumed"])
         result.upstream, result.decisions = h._per_request(log, len(outcomes))
         # The same policy, afresh, on an account with OpenRouter's 50-a-day free quota.
         call, retries = _policy_call(h, name)
@@ -453,6 +469,30 @@ async def _run_all(
         "ttfts": known,
         "per_answer": 1.0,
     }
+    informed_summaries = []
+    for name, label, hedge in (
+        ("informed_race", "perfect knowledge, race of 3 (computed, no client)", None),
+        ("informed_hedged", "perfect knowledge, hedged at p90 (computed, no client)", 0.9),
+    ):
+        rows = informed(tier, workload, width=3, hedge_quantile=hedge)
+        ttfts = [r.ttft for r in rows if r.ttft is not None]
+        upstream = sum(r.requests for r in rows)
+        informed_summaries.append(
+            {
+                "name": name,
+                "label": label,
+                "requests": len(rows),
+                "answers": len(ttfts),
+                "success": len(ttfts) / len(rows),
+                "p50": percentile(ttfts, 50),
+                "p95": percentile(ttfts, 95),
+                "p99": percentile(ttfts, 99),
+                "ttfts": ttfts,
+                "upstream": upstream,
+                "per_answer": upstream / len(ttfts) if ttfts else None,
+                "answers_per_1000": 1000 * len(ttfts) / upstream if upstream else None,
+            }
+        )
     extra = []
     if params.run_oracle:
         models = {c.request: c.model for c in oracle_choices}
@@ -477,5 +517,6 @@ async def _run_all(
         "policies": summaries,
         "oracle": oracle_summary,
         "best_known": known_summary,
+        "informed": informed_summaries,
         "oracle_run": extra[0] if extra else None,
     }

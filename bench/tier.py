@@ -15,6 +15,7 @@ import random
 import re
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 N_MODELS = 36
@@ -270,3 +271,91 @@ def best_known(tier: Tier, workload: Workload) -> list[OracleChoice]:
         windows[best[2].id].append(arrival)
         out.append(OracleChoice(request, best[2].id, best[1]))
     return out
+
+
+@dataclass(frozen=True)
+class InformedResult:
+    request: int
+    ttft: float | None  # None: no model answered
+    requests: int  # upstream requests started before the first token
+
+
+def informed(
+    tier: Tier, workload: Workload, *, width: int, hedge_quantile: float | None = None
+) -> list[InformedResult]:
+    """The best a router can do *without* seeing the request's draws: it knows every model's
+    true median and spread, error and stall rates, per-minute limit and outages, and races the
+    ``width`` models of best expected time (failures count as in freerouter's score) that are up
+    and under their limit, replacing each failure at once; with ``hedge_quantile`` it starts
+    one model and adds the next each time the last one started passes that quantile of its own
+    first-token distribution. The behaviour of each attempt is the same seeded draw the tier
+    server plays, so this line meets exactly what the policies met."""
+    z = NormalDist().inv_cdf(hedge_quantile) if hedge_quantile is not None else None
+    sent: dict[str, list[float]] = {m.id: [] for m in tier.models}
+
+    def score(m: TierModel) -> float:
+        good = max(0.05, 1.0 - m.error_rate - m.stall_before)
+        return (m.ttft_median + 2.0 * (1.0 - good)) / good
+
+    ranked = sorted(tier.models, key=score)
+    out = []
+    for request, arrival in enumerate(workload.arrivals):
+        race = _InformedRace(tier, request, [m for m in ranked if not m.down_at(arrival)], sent, z)
+        out.append(InformedResult(request, race.run(arrival, width), race.started))
+    return out
+
+
+class _InformedRace:
+    """One request of :func:`informed`: an event loop over the attempts' drawn outcomes."""
+
+    def __init__(
+        self,
+        tier: Tier,
+        request: int,
+        queue: list[TierModel],
+        sent: dict[str, list[float]],
+        z: float | None,
+    ) -> None:
+        self.tier, self.request, self.queue, self.sent, self.z = tier, request, queue, sent, z
+        self.events: list[tuple[float, bool]] = []  # (time, True: a first token / False: failed)
+        self.attempts: dict[str, int] = {}
+        self.running = self.started = 0
+        self.next_hedge = math.inf
+
+    def start(self, at: float) -> None:
+        while self.queue:
+            model = self.queue.pop(0)
+            window = [t for t in self.sent[model.id] if at - RATE_WINDOW < t <= at]
+            if len(window) >= model.rpm:
+                continue  # it knows the limit: not sent
+            self.sent[model.id].append(at)
+            attempt = self.attempts.get(model.id, 0)
+            self.attempts[model.id] = attempt + 1
+            draw = self.tier.draw(model, self.request, attempt)
+            self.running += 1
+            self.started += 1
+            if draw.kind == "error":
+                self.events.append((at + draw.error_delay, False))
+            elif draw.kind == "stall_before":
+                self.events.append((at + FIRST_TOKEN_TIMEOUT, False))
+            else:
+                self.events.append((at + draw.ttft, True))
+            if self.z is not None:
+                self.next_hedge = at + model.ttft_median * math.exp(self.z * model.ttft_sigma)
+            return
+
+    def run(self, arrival: float, width: int) -> float | None:
+        for _ in range(1 if self.z is not None else width):
+            self.start(arrival)
+        while self.events:
+            self.events.sort()
+            at, token = self.events[0]
+            if self.next_hedge < at and self.running < width and self.queue:
+                self.start(self.next_hedge)
+                continue
+            self.events.pop(0)
+            if token:
+                return at - arrival
+            self.running -= 1
+            self.start(at)
+        return None

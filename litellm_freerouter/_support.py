@@ -42,11 +42,7 @@ async def settle(router: Router, timeout: float = 10.0) -> None:
     ``models`` wants their latency figures for its ranking, and the demo wants them done
     before it stops its simulator.
     """
-    # Private attributes: Router has no public way to await its background reads yet.
-    running = (getattr(router, name, None) for name in ("_endpoints_task", "_quota_task"))
-    tasks = [task for task in running if isinstance(task, asyncio.Task) and not task.done()]
-    if tasks:
-        await asyncio.wait(tasks, timeout=timeout)
+    await router.settle(timeout)
 
 
 def cancel_in_flight(timeout: float = 3.0) -> None:

@@ -233,6 +233,17 @@ class Router:
             return first_provider, None
         return best[1] or first_provider, best[0] / 1000.0
 
+    async def settle(self, timeout: float = 10.0) -> None:
+        """Wait (bounded) for the background reads this router started: the per-model
+        /endpoints figures its ranking uses and the key's quota."""
+        tasks = [
+            task
+            for task in (self._endpoints_task, self._quota_task)
+            if task is not None and not task.done()
+        ]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
     async def aclose(self) -> None:
         await self.catalog.aclose()
         for name in ("_quota_task", "_endpoints_task"):
