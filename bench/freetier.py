@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from common import BENCH, PYTHON, Server, clean_env, percentile
+from common import BENCH, PYTHON, STATE_DIR, Server, clean_env, percentile
 from tier import (
     ANSWER_TEXT,
     COOLDOWN_RATE_LIMIT,
@@ -171,6 +171,8 @@ class Harness:
             "cooldown_slow": self.scaled(COOLDOWN_SLOW),
             "cooldown_rejected": self.scaled(COOLDOWN_REJECTED),
             "refresh_interval": 3600.0,
+            # Every policy run starts knowing nothing: its own fresh state, never a past run's.
+            "state_dir": tempfile.mkdtemp(prefix=f"{name}-", dir=STATE_DIR),
         }
 
         async def call(request: int) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from common import STATE_DIR
 
+    # In-process calls read it too: nothing a past run or the user's own sessions learnt
+    # (in the default state directory) may leak into this run's figures.
+    os.environ["FREEROUTER_STATE_DIR"] = STATE_DIR
     try:
         return _main(argv)
     finally:
