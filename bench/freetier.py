@@ -171,6 +171,9 @@ class Harness:
             "cooldown_slow": self.scaled(COOLDOWN_SLOW),
             "cooldown_rejected": self.scaled(COOLDOWN_REJECTED),
             "refresh_interval": 3600.0,
+            # The tier does not simulate OpenRouter's account-wide free requests a minute, so
+            # pacing to it would only narrow the race here without sparing any refusal.
+            "requests_per_minute": 0,
             # Every policy run starts knowing nothing: its own fresh state, never a past run's.
             "state_dir": tempfile.mkdtemp(prefix=f"{name}-", dir=STATE_DIR),
         }

@@ -47,6 +47,9 @@ class Settings:
     hedge_delay: float | str = 0.0
     # Below this many remaining daily free requests, the race narrows to one contender.
     quota_reserve: int = 5
+    # OpenRouter's account-wide limit on free requests a minute: the race narrows so that this
+    # process stays under it (0: no pacing).
+    requests_per_minute: int = 20
     state_dir: Path | None = None
     redis_url: str | None = field(default=None, repr=False)
     # Probability that a never-measured model is moved into the batch to get measured.
@@ -80,6 +83,8 @@ class Settings:
             raise ConfigurationError("quota_reserve must not be negative")
         if self.resume < 0:
             raise ConfigurationError("resume must not be negative")
+        if self.requests_per_minute < 0:
+            raise ConfigurationError("requests_per_minute must not be negative")
         if not 0 <= self.explore <= 1:
             raise ConfigurationError("explore must be between 0 and 1")
         if not self.api_base.startswith(("http://", "https://")):
@@ -116,7 +121,7 @@ TUNABLES: tuple[str, ...] = tuple(
 def _convert(name: str, raw: Any) -> Any:
     """Turn a string or YAML value into the field's type, with an error naming the setting."""
     try:
-        if name in ("race_width", "quota_reserve", "resume"):
+        if name in ("race_width", "quota_reserve", "resume", "requests_per_minute"):
             if isinstance(raw, bool):
                 raise ValueError
             return int(raw)

@@ -135,8 +135,9 @@ class Health:
         # The model entries behind the current copy, to skip rebuilding unchanged ones.
         self._last: dict[str, Entry | None] = {}
         self._read: dict[str, Entry | None] = {}
-        # When this process last sent each model a request (for per-minute limits).
+        # When this process last sent each model a request (for per-minute limits), and any.
         self._sent: dict[str, deque[float]] = {}
+        self._sent_any: deque[float] = deque()
         self.refresh()
 
     def refresh(self) -> None:
@@ -231,8 +232,18 @@ class Health:
             stats.attempts += 1
 
         with self._lock:
-            self._sent.setdefault(model, deque()).append(self.clock())
+            now = self.clock()
+            self._sent.setdefault(model, deque()).append(now)
+            self._sent_any.append(now)
         self._update_stats(model, edit)
+
+    def sent_last_minute(self) -> int:
+        """Upstream requests this process started in the last minute, to any model."""
+        with self._lock:
+            now = self.clock()
+            while self._sent_any and self._sent_any[0] <= now - RPM_WINDOW:
+                self._sent_any.popleft()
+            return len(self._sent_any)
 
     def _recent(self, model: str, now: float) -> deque[float]:
         sent = self._sent.get(model) or deque()

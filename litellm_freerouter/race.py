@@ -276,11 +276,14 @@ async def race(
 
     try:
         while True:
-            now = loop.time()
             # Keep `width` in flight; a hedged race adds one only when its time has come, or
-            # when nothing is in flight at all.
-            while queue and len(running) < width and (not running or now >= next_start_at):
+            # when nothing is in flight at all (the clock is read afresh: starting a contender
+            # takes time, and with no hedge delay every one starts in this same pass).
+            while queue and len(running) < width and (
+                not running or loop.time() >= next_start_at
+            ):
                 start_next()
+            now = loop.time()
             if not running:
                 raise AllFailed(failures)
             deadlines = [

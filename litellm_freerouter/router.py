@@ -113,6 +113,7 @@ class Router:
         self._rng = rng or random.Random()
         self._sticky: OrderedDict[str, str] = OrderedDict()
         self._narrowed_notice = False
+        self._paced_notice = False
         self._quota_task: asyncio.Task[Any] | None = None
         self._endpoints_task: asyncio.Task[None] | None = None
         self.api_key: str | None = None  # the key of the latest request, for /endpoints
@@ -364,6 +365,23 @@ class Router:
 
     def _width(self, settings: Settings) -> int:
         width = settings.race_width
+        limit = settings.requests_per_minute
+        if limit and width > 1:
+            room = limit - self.health.sent_last_minute()
+            if room < width:
+                # More contenders would pass OpenRouter's free requests a minute: each refused
+                # one would still count against the day's quota.
+                width = max(1, room)
+                if not self._paced_notice:
+                    self._paced_notice = True
+                    events.emit(
+                        events.AccountNotice(
+                            f"{limit - room} free requests in the last minute (OpenRouter allows"
+                            f" {limit}): racing {width} at a time until the minute frees up"
+                        )
+                    )
+            else:
+                self._paced_notice = False  # the next time it narrows is news again
         remaining = self.health.quota_remaining()
         if remaining is not None and remaining < settings.quota_reserve and width > 1:
             if not self._narrowed_notice:

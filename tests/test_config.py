@@ -39,6 +39,7 @@ def test_every_tunable_reads_its_environment_variable() -> None:
         "FREEROUTER_REDIS_URL": "redis://127.0.0.1:1/0",
         "FREEROUTER_EXPLORE": "0.5",
         "FREEROUTER_RESUME": "0",
+        "FREEROUTER_REQUESTS_PER_MINUTE": "0",
     }
     s = load_settings(environ=env)
     assert (s.race_width, s.first_token_timeout, s.idle_timeout, s.refresh_interval) == (
@@ -55,7 +56,7 @@ def test_every_tunable_reads_its_environment_variable() -> None:
         0.5,
     )
     assert s.redis_url == "redis://127.0.0.1:1/0"
-    assert s.resume == 0
+    assert s.resume == 0 and s.requests_per_minute == 0
     assert {f"FREEROUTER_{t.upper()}" for t in TUNABLES} == set(env)
 
 
@@ -84,6 +85,7 @@ def test_precedence_arguments_then_params_then_environment() -> None:
         ("cooldown_slow", "nan", "cooldown_slow must be a non-negative number"),
         ("explore", 2, "explore must be between 0 and 1"),
         ("resume", -1, "resume must not be negative"),
+        ("requests_per_minute", -5, "requests_per_minute must not be negative"),
         ("resume", "twice", "invalid value 'twice' for resume (FREEROUTER_RESUME)"),
     ],
 )

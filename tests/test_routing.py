@@ -398,3 +398,31 @@ def test_a_model_at_its_limit_ranks_last_until_its_minute_frees() -> None:
     ]
     clock[0] += 61
     assert r.rank(MODELS[:2], Settings(explore=0), None, 1)[0].id == "m/0:free"
+
+
+def test_the_race_narrows_to_stay_under_the_accounts_minute_limit(
+    upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OpenRouter allows so many free requests a minute per account, and a refused one still
+    counts against the day: the race starts only as many contenders as fit in the minute (never
+    fewer than one), and says so once."""
+    upstream.sim.set_models(
+        [
+            # Slow enough that every contender's request has reached the simulator before
+            # one wins (a loser cancelled while still connecting would never be recorded).
+            fast("a/a:free", "a", context_length=1000, delay=0.3),
+            fast("b/b:free", "b", context_length=2000, delay=0.5),
+            fast("c/c:free", "c", context_length=3000, delay=0.5),
+        ]
+    )
+    with caplog.at_level(logging.INFO, logger="litellm_freerouter"):
+        started = []
+        for _ in range(3):
+            before = len(upstream.sim.requests)
+            ask(requests_per_minute=4, race_width=3, explore=0)
+            started.append(len(upstream.sim.requests) - before)
+    assert started == [3, 1, 1]
+    assert caplog.text.count("free requests in the last minute (OpenRouter allows 4)") == 1
+    before = len(upstream.sim.requests)
+    ask(requests_per_minute=0, race_width=3)  # 0: no pacing
+    assert len(upstream.sim.requests) - before == 3
