@@ -106,6 +106,7 @@ class ModelScript:
     error_chunk_after: int | None = None
     error_code: int | str = 502
     drop_after_chunks: int | None = None
+    drop_after_tool_calls: bool = False  # the connection drops once the tool calls are out
     malformed_lines: int = 0
     finish_reason: str | None = None
     empty: bool = False
@@ -690,6 +691,8 @@ class Simulator:
         for index, call in enumerate(script.tool_calls):
             for delta in _tool_call_deltas(index, call):
                 await emit(delta)
+        if script.drop_after_tool_calls:
+            raise _Abort("dropped")
         return pieces
 
     async def _stream(

@@ -139,3 +139,25 @@ def test_prefill_extends_a_callers_own_prefill() -> None:
     assert body["messages"][-1]["content"] == "Sure:"  # the caller's body is not changed
     plain = with_prefill({"messages": MESSAGES}, "Racing")
     assert plain["messages"] == [*MESSAGES, {"role": "assistant", "content": "Racing"}]
+
+
+def test_a_started_tool_call_is_never_carried_on(upstream: Upstream) -> None:
+    """Half a tool call cannot be continued by another model: the break is the error."""
+    call = {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Oslo"}'}
+    upstream.sim.set_models(
+        [
+            ModelScript("tools/a:free", chunks=(), tool_calls=(call,), drop_after_tool_calls=True),
+            ModelScript("tools/b:free", chunks=(), tool_calls=(call,), first_token_delay=0.4),
+        ]
+    )
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    with pytest.raises(litellm.ServiceUnavailableError, match="tools/a:free"):
+        list(
+            litellm.completion(
+                model="freerouter/auto", messages=MESSAGES, stream=True, tools=tools,
+                race_width=2,
+            )
+        )
+    assert upstream.sim.calls_for("tools/b:free") == 1  # only as the race's loser
+    upstream.wait_idle()
+    assert request_tasks() == []
