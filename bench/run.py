@@ -102,7 +102,7 @@ def _main(argv: list[str] | None) -> int:
         _progress("1/3 overhead against LiteLLM's own path")
         data = overhead.run(
             rounds=3 if args.quick else 10,
-            sync_rounds=2 if args.quick else 5,
+            sync_rounds=2 if args.quick else 8,
             chunks=2000 if args.quick else 3000,
             first_token_delay=0.25,
             progress=_progress,
