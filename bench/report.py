@@ -379,8 +379,11 @@ def _freetier_reading(ft: dict[str, Any]) -> list[str]:
         bullets.append(text)
     resumed = race.get("resumed") or 0
     mended = (
-        f" {resumed} of its answers broke off after their first token and were carried on by "
-        "another model from the text already delivered (`FREEROUTER_RESUME`)."
+        " One of its answers broke off after its first token and was carried on by another "
+        "model from the text already delivered (`FREEROUTER_RESUME`)."
+        if resumed == 1
+        else f" {resumed} of its answers broke off after their first token and were carried on "
+        "by another model from the text already delivered (`FREEROUTER_RESUME`)."
         if resumed
         else ""
     )
@@ -454,7 +457,7 @@ def _freetier_reading(ft: dict[str, Any]) -> list[str]:
         "Run to run, with the same seed, these figures move by some 10-20% at p95: rate-limit "
         "windows, cooldowns and what each policy learns depend on real timing on a shared "
         "machine (runs of the two freerouter policies on seeds 20260501, 7 and 11 while this "
-        "version was tuned, each starting from empty state, gave racing p95 1.74-2.54 s at "
+        "version was tuned, each starting from empty state, gave racing p95 1.74-2.56 s at "
         "3.19-3.34 requests per answer and hedging p95 3.30-5.38 s at 1.31-1.46). The computed "
         "lines do not move.",
         "",

@@ -180,6 +180,29 @@ async def test_fault(upstream: Upstream, fault: Fault, mode: str, stream: bool) 
     assert request_tasks() == []
 
 
+AFTER_TOKEN = [f for f in FAULTS if "after token" in f.name]
+
+
+@pytest.mark.parametrize(
+    ("mode", "stream"), MODES, ids=[f"{m}-{'stream' if s else 'whole'}" for m, s in MODES]
+)
+@pytest.mark.parametrize("fault", AFTER_TOKEN, ids=[f.name for f in AFTER_TOKEN])
+async def test_fault_after_token_is_carried_on(
+    upstream: Upstream, fault: Fault, mode: str, stream: bool
+) -> None:
+    """With a healthy model beside it, an answer that breaks off after its first token still
+    arrives whole, exactly once, and nothing is left open."""
+    faulty = ModelScript("faulty/a:free", context_length=1000, **fault.script)
+    healthy = ModelScript(
+        "healthy/b:free", chunks=("one", " two"), first_token_delay=0.25, context_length=2000
+    )
+    upstream.sim.set_models([faulty, healthy])
+    assert await call(mode, stream) == "one two"
+    assert upstream.sim.calls_for("faulty/a:free") == 1
+    await asyncio.to_thread(upstream.wait_idle, 5)
+    assert request_tasks() == []
+
+
 async def test_models_down_at_refresh_keeps_serving(upstream: Upstream) -> None:
     """When /models fails at refresh, the last good list keeps serving."""
     from litellm_freerouter.config import load_settings
