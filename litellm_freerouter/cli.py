@@ -169,7 +169,7 @@ def _state(view: ModelView) -> tuple[str, str]:
     if view.cooling_for > 0:
         return "cooling", f"cooling {span(view.cooling_for)} ({kind_text(view.cool_reason)})"
     if view.measured or view.attempts:
-        return "ready", "ready"
+        return "ready", f"ready ({view.limit_rpm}/min)" if view.limit_rpm else "ready"
     return "never_tried", "never tried"
 
 
@@ -272,6 +272,7 @@ def _as_json(row: _Row) -> dict[str, Any]:
         "provider": model.provider,
         "wins": view.wins,
         "attempts": view.attempts,
+        "limit_rpm": view.limit_rpm,
     }
 
 

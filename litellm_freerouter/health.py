@@ -119,6 +119,7 @@ class ModelView:
     score: float
     wins: int
     attempts: int
+    limit_rpm: int | None = None  # the model's own requests a minute, once a 429 said it
 
 
 class Health:
@@ -338,6 +339,7 @@ class Health:
                 score=stats.score(),
                 wins=stats.wins,
                 attempts=stats.attempts,
+                limit_rpm=stats.limit_rpm,
             )
 
     def next_ready_in(self, models: Iterable[str]) -> float | None:

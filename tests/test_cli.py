@@ -505,3 +505,24 @@ def test_state_show_and_clear(api: Upstream) -> None:
     cleared = invoke(["state", "clear"])
     assert cleared.exit_code == 0, cleared.output
     assert json.loads(invoke(["state", "show", "--json"]).stdout)["cooling"] == []
+
+
+def test_models_shows_a_models_stated_per_minute_limit(api: Upstream) -> None:
+    """A limit a model stated in its 429 is remembered and shown (and kept in the state)."""
+    api.sim.set_models(
+        [
+            ModelScript(
+                id="lim/a:free",
+                context_length=1000,
+                status=429,
+                error_message="Rate limit exceeded: limit_rpm/lim/a:free/x. High demand for"
+                " lim/a:free on OpenRouter - limited to 8 requests per minute.",
+            ),
+            fast(WINNER, "Hello from the winner", delay=0.05, context_length=2000),
+        ]
+    )
+    assert invoke(["chat", "hi"]).exit_code == 0
+    rows = {row["id"]: row for row in json.loads(invoke(["models", "--json"]).stdout)}
+    assert rows["lim/a:free"]["limit_rpm"] == 8
+    assert rows[WINNER]["limit_rpm"] is None
+    assert rows["lim/a:free"]["state"] == "cooling"  # this process had not used it up
