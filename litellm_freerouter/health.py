@@ -234,16 +234,21 @@ class Health:
 
         with self._lock:
             now = self.clock()
-            self._sent.setdefault(model, deque()).append(now)
+            sent = self._recent(model, now)  # trimmed here too, so that nothing grows forever
+            sent.append(now)
+            self._sent[model] = sent
+            self._trim_any(now)
             self._sent_any.append(now)
         self._update_stats(model, edit)
+
+    def _trim_any(self, now: float) -> None:
+        while self._sent_any and self._sent_any[0] <= now - RPM_WINDOW:
+            self._sent_any.popleft()
 
     def sent_last_minute(self) -> int:
         """Upstream requests this process started in the last minute, to any model."""
         with self._lock:
-            now = self.clock()
-            while self._sent_any and self._sent_any[0] <= now - RPM_WINDOW:
-                self._sent_any.popleft()
+            self._trim_any(self.clock())
             return len(self._sent_any)
 
     def _recent(self, model: str, now: float) -> deque[float]:
