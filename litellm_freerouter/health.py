@@ -54,6 +54,8 @@ class ModelStats:
     wins: int = 0
     attempts: int = 0
     limit_rpm: int | None = None  # the model's own requests-per-minute limit, once it said so
+    # When it was last sent a request, by any process sharing the state (the last minute only).
+    sent: deque[float] = field(default_factory=deque)
 
     @property
     def measured(self) -> bool:
@@ -136,9 +138,6 @@ class Health:
         # The model entries behind the current copy, to skip rebuilding unchanged ones.
         self._last: dict[str, Entry | None] = {}
         self._read: dict[str, Entry | None] = {}
-        # When this process last sent each model a request (for per-minute limits), and any.
-        self._sent: dict[str, deque[float]] = {}
-        self._sent_any: deque[float] = deque()
         self.refresh()
 
     def refresh(self) -> None:
@@ -229,62 +228,46 @@ class Health:
         return self.cooling_for(model) <= 0
 
     def record_attempt(self, model: str) -> None:
+        now = self.clock()
+
         def edit(stats: ModelStats) -> None:
             stats.attempts += 1
+            _trim(stats.sent, now)
+            stats.sent.append(now)
 
-        with self._lock:
-            now = self.clock()
-            sent = self._recent(model, now)  # trimmed here too, so that nothing grows forever
-            sent.append(now)
-            self._sent[model] = sent
-            self._trim_any(now)
-            self._sent_any.append(now)
         self._update_stats(model, edit)
 
-    def _trim_any(self, now: float) -> None:
-        while self._sent_any and self._sent_any[0] <= now - RPM_WINDOW:
-            self._sent_any.popleft()
-
     def sent_last_minute(self) -> int:
-        """Upstream requests this process started in the last minute, to any model."""
+        """Upstream requests started in the last minute, to any model, by every process
+        sharing the state (as of the last refresh and this process's own since)."""
         with self._lock:
-            self._trim_any(self.clock())
-            return len(self._sent_any)
-
-    def _recent(self, model: str, now: float) -> deque[float]:
-        sent = self._sent.get(model) or deque()
-        while sent and sent[0] <= now - RPM_WINDOW:
-            sent.popleft()
-        return sent
+            now = self.clock()
+            return sum(_recent_count(stats.sent, now) for stats in self._models.values())
 
     def refused(self, model: str, limit_rpm: int | None) -> None:
         """The model answered 429 without serving: the request did not use its minute (so it
         is not counted), and its per-minute limit, when it said one, is remembered."""
-        with self._lock:
-            sent = self._sent.get(model)
-            if sent:
-                sent.pop()
-            known = self._models.get(model)
-            if limit_rpm is None or (known is not None and known.limit_rpm == limit_rpm):
-                return
 
         def edit(stats: ModelStats) -> None:
-            stats.limit_rpm = limit_rpm
+            if stats.sent:
+                stats.sent.pop()
+            if limit_rpm is not None:
+                stats.limit_rpm = limit_rpm
 
         self._update_stats(model, edit)
 
     def limit_wait(self, model: str) -> float:
-        """Seconds until this process may send ``model`` another request without passing its
-        known per-minute limit (0: now)."""
+        """Seconds until ``model`` may be sent another request without passing its known
+        per-minute limit (0: now), counting every sharing process's requests."""
         with self._lock:
             stats = self._models.get(model)
             if stats is None or not stats.limit_rpm:
                 return 0.0
             now = self.clock()
-            sent = self._recent(model, now)
-            if len(sent) < stats.limit_rpm:
+            recent = [t for t in stats.sent if t > now - RPM_WINDOW]
+            if len(recent) < stats.limit_rpm:
                 return 0.0
-            return max(0.0, sent[len(sent) - stats.limit_rpm] + RPM_WINDOW - now)
+            return max(0.0, recent[len(recent) - stats.limit_rpm] + RPM_WINDOW - now)
 
     def record_first_token(self, model: str, seconds: float) -> None:
         def edit(stats: ModelStats) -> None:
@@ -433,11 +416,20 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _samples(raw: Any) -> deque[float]:
+def _trim(sent: deque[float], now: float) -> None:
+    while sent and sent[0] <= now - RPM_WINDOW:
+        sent.popleft()
+
+
+def _recent_count(sent: deque[float], now: float) -> int:
+    return sum(1 for t in sent if t > now - RPM_WINDOW)
+
+
+def _samples(raw: Any, maxlen: int | None = SAMPLES) -> deque[float]:
     values = raw if isinstance(raw, list) else ()
     return deque(
         (float(s) for s in values if isinstance(s, (int, float)) and not isinstance(s, bool)),
-        maxlen=SAMPLES,
+        maxlen=maxlen,
     )
 
 
@@ -452,6 +444,7 @@ def _stats_from(data: Mapping[str, Any]) -> ModelStats:
         wins=_int(data.get("wins")) or 0,
         attempts=_int(data.get("attempts")) or 0,
         limit_rpm=_int(data.get("limit_rpm")),
+        sent=_samples(data.get("sent"), maxlen=None),
     )
 
 
@@ -466,6 +459,7 @@ def _stats_data(stats: ModelStats) -> dict[str, Any]:
         "wins": stats.wins,
         "attempts": stats.attempts,
         "limit_rpm": stats.limit_rpm,
+        "sent": list(stats.sent),
     }
 
 

@@ -132,11 +132,11 @@ def test_lost_races_lengthen_the_measured_tail() -> None:
 
 def test_send_times_are_kept_for_a_minute_only() -> None:
     """The per-minute counts look back one minute, and a long-running process (a proxy) keeps
-    no more send times than that, whether or not anything asks for the counts."""
+    (and stores) no more send times than that, whether or not anything asks for the counts."""
     clock = Clock()
     health = Health(clock=clock)
     for _ in range(300):
         clock.now += 1
         health.record_attempt("m:free")
     assert health.sent_last_minute() == 60
-    assert len(health._sent["m:free"]) == 60 and len(health._sent_any) == 60
+    assert len(health.stats("m:free").sent) == 60

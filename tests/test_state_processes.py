@@ -336,3 +336,19 @@ def until(condition: Any, what: str, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"waited {timeout} s for {what}")
         threading.Event().wait(0.02)
+
+
+def test_processes_share_the_accounts_minute(upstream: Upstream, workers: Any) -> None:
+    """OpenRouter's free requests a minute are the account's, not a process's: what one
+    process sent narrows the next race in another, running side by side."""
+    pace = {"FREEROUTER_REQUESTS_PER_MINUTE": "4", "FREEROUTER_RACE_WIDTH": "3",
+            "FREEROUTER_EXPLORE": "0"}
+    one, other = workers(["one", "other"], {"one": pace, "other": pace})
+    # Slow enough that every contender's request reaches the simulator before one wins.
+    upstream.sim.set_models([fast("a/a:free", "from a", context_length=1000, delay=0.3),
+                             fast("b/b:free", "from b", context_length=2000, delay=0.6),
+                             fast("c/c:free", "from c", context_length=3000, delay=0.6)])
+    assert one.ask("one-1")["ok"]
+    assert len(called(upstream, "one-1")) == 3
+    assert other.ask("other-1")["ok"]
+    assert len(called(upstream, "other-1")) == 1  # 3 of 4 already used by the other process
