@@ -58,6 +58,9 @@ def _paths(url: str) -> dict[str, dict[str, Any]]:
             "api_key": KEY,
             "race_width": 3,
             "hedge_delay": 0,
+            # Three contenders on every request: the loopback upstream has no minute limit to
+            # pace to, and pacing would narrow the race after the first few requests.
+            "requests_per_minute": 0,
         },
     }
 

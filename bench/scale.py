@@ -174,7 +174,13 @@ async def _worker_main(
     kwargs: dict[str, Any] = (
         {"model": f"openrouter/{ANSWER_MODEL}", "api_base": url, "api_key": UPSTREAM_KEY}
         if path == "litellm"
-        else {"model": "freerouter/auto", "api_base": url, "api_key": UPSTREAM_KEY, "race_width": 3}
+        else {
+            "model": "freerouter/auto",
+            "api_base": url,
+            "api_key": UPSTREAM_KEY,
+            "race_width": 3,
+            "requests_per_minute": 0,  # three contenders every time: no minute limit here
+        }
     )
     messages = [{"role": "user", "content": "Stream me an answer."}]
 
@@ -268,6 +274,7 @@ def _proxy_config(directory: Path, url: str, master_key: str) -> Path:
                     "api_key": UPSTREAM_KEY,
                     "api_base": url,
                     "race_width": 3,
+                    "requests_per_minute": 0,
                 },
             },
             {

@@ -36,6 +36,9 @@ FAILURE_COST = 2.0
 STATS_KEEP = 7 * 86400.0
 # A model's own per-minute limit (learnt from its 429) counts requests over this many seconds.
 RPM_WINDOW = 60.0
+# At most this many send times are kept per model: far above any free per-minute limit, and a
+# bound on what each write stores for a busy proxy.
+SENT_KEEP = 100
 # A quota entry outlives its reset by a day, so that the limit is still known the next day.
 QUOTA_KEEP = 86400.0
 
@@ -55,7 +58,7 @@ class ModelStats:
     attempts: int = 0
     limit_rpm: int | None = None  # the model's own requests-per-minute limit, once it said so
     # When it was last sent a request, by any process sharing the state (the last minute only).
-    sent: deque[float] = field(default_factory=deque)
+    sent: deque[float] = field(default_factory=lambda: deque(maxlen=SENT_KEEP))
 
     @property
     def measured(self) -> bool:
@@ -425,7 +428,7 @@ def _recent_count(sent: deque[float], now: float) -> int:
     return sum(1 for t in sent if t > now - RPM_WINDOW)
 
 
-def _samples(raw: Any, maxlen: int | None = SAMPLES) -> deque[float]:
+def _samples(raw: Any, maxlen: int = SAMPLES) -> deque[float]:
     values = raw if isinstance(raw, list) else ()
     return deque(
         (float(s) for s in values if isinstance(s, (int, float)) and not isinstance(s, bool)),
@@ -444,7 +447,7 @@ def _stats_from(data: Mapping[str, Any]) -> ModelStats:
         wins=_int(data.get("wins")) or 0,
         attempts=_int(data.get("attempts")) or 0,
         limit_rpm=_int(data.get("limit_rpm")),
-        sent=_samples(data.get("sent"), maxlen=None),
+        sent=_samples(data.get("sent"), maxlen=SENT_KEEP),
     )
 
 
