@@ -450,7 +450,6 @@ class Router:
                 hedge_after=lambda m: self.hedge_after(m, settings),
                 on_start=on_start,
                 on_failure=lambda f: self._handle_failure(f, settings, request_id),
-                on_lose=lambda c, seconds: self.health.record_lower_bound(c.id, seconds),
             )
         except AccountStop as stop:
             raise self._account_stop(stop.failure) from None
@@ -459,7 +458,18 @@ class Router:
 
         winner = outcome.winner
         first_token = (winner.first_token_at or loop.time()) - winner.started
-        self.health.record_first_token(winner.id, first_token)
+        learnt = False
+
+        def learn() -> None:
+            """What the race taught, written once the first token is on its way to the caller
+            (each write can take milliseconds: not on the first token's path)."""
+            nonlocal learnt
+            if not learnt:
+                learnt = True
+                self.health.record_first_token(winner.id, first_token)
+                for model_id, seconds in outcome.lost:
+                    self.health.record_lower_bound(model_id, seconds)
+
         self._remember(conversation, winner.id)
         events.emit(
             events.Winner(
@@ -472,12 +482,15 @@ class Router:
         try:
             async for delta in winner.deltas():
                 yield winner.id, delta
+                learn()
             ok = True
         except UpstreamError as exc:
             error = str(exc)
+            learn()
             self._handle_failure(exc.failure, settings, request_id)
             raise _MidAnswer(exc, winner.id) from None
         finally:
+            learn()
             winner.close()
             events.emit(
                 events.Finished(request_id, winner.id, ok, loop.time() - race_start, error)
