@@ -483,7 +483,7 @@ def _freetier_reading(ft: dict[str, Any]) -> list[str]:
         "windows, cooldowns and what each policy learns depend on real timing on a shared "
         "machine (runs of the two freerouter policies on seeds 20260501, 7 and 11 while this "
         "version was tuned, each starting from empty state, gave racing p95 1.74-2.56 s at "
-        "3.19-3.34 requests per answer and hedging p95 3.30-5.38 s at 1.31-1.46). The computed "
+        "3.19-3.34 requests per answer and hedging p95 3.30-5.65 s at 1.31-1.46). The computed "
         "lines do not move.",
         "",
         "Not simulated: OpenRouter's account-wide limit of 20 free requests a minute. The "
