@@ -118,6 +118,14 @@ def _one_sync(kwargs: dict[str, Any]) -> dict[str, Any]:
     return _record(started, first, last, count, winner)
 
 
+# Each measured run starts after the process has been idle this long. A long answer leaves
+# background work behind (litellm's logging of a 3000-chunk stream, in a thread); run at once,
+# the next call competes with it for the GIL, which in the sync path cost whichever path came
+# next 50-200 ms of first token (measured: freerouter 258 ms with 0.5 s of quiet before it,
+# 300-470 ms straight after a litellm run). Both paths get the same quiet.
+QUIET = 1.0
+
+
 def _order(paths: dict[str, Any], i: int) -> list[str]:
     # Alternate which path goes first, so neither always follows the other.
     return list(paths) if i % 2 == 0 else list(reversed(paths))
@@ -130,6 +138,7 @@ def _interleaved(
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
     for i in range(warmup + rounds):
         for name in _order(paths, i):
+            time.sleep(QUIET)
             result = run_one(paths[name])
             if i >= warmup:
                 out[name].append(result)
@@ -142,6 +151,7 @@ async def _interleaved_async(url: str, rounds: int, warmup: int) -> dict[str, li
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
     for i in range(warmup + rounds):
         for name in _order(paths, i):
+            await asyncio.sleep(QUIET)
             result = await _one_async(paths[name])
             if i >= warmup:
                 out[name].append(result)
