@@ -14,6 +14,7 @@ import math
 import random
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from statistics import NormalDist
 from typing import Any
@@ -223,33 +224,22 @@ def oracle(tier: Tier, workload: Workload) -> list[OracleChoice]:
     """Per request, the fastest model that would have answered: first attempt succeeds, the
     answer completes, no outage, and its per-model limit not yet used up by the oracle itself
     (which sends exactly one request per answer)."""
-    windows: dict[str, deque[float]] = {m.id: deque() for m in tier.models}
-    out = []
-    for request, arrival in enumerate(workload.arrivals):
-        best: tuple[float, TierModel] | None = None
-        for model in tier.models:
-            if model.down_at(arrival):
-                continue
-            window = windows[model.id]
-            while window and window[0] <= arrival - RATE_WINDOW:
-                window.popleft()
-            if len(window) >= model.rpm:
-                continue
-            draw = tier.draw(model, request, 0)
-            if draw.answers and (best is None or draw.ttft < best[0]):
-                best = (draw.ttft, model)
-        if best is None:
-            out.append(OracleChoice(request, None, None))
-            continue
-        windows[best[1].id].append(arrival)
-        out.append(OracleChoice(request, best[1].id, best[0]))
-    return out
+    return _one_per_answer(tier, workload, lambda model, draw: draw.ttft)
 
 
 def best_known(tier: Tier, workload: Workload) -> list[OracleChoice]:
     """Per request, the model with the lowest *median* first-token time among those that would
     have answered: perfect knowledge of health, none of this request's luck. One request per
     answer, limited like :func:`oracle`."""
+    return _one_per_answer(tier, workload, lambda model, draw: model.ttft_median)
+
+
+def _one_per_answer(
+    tier: Tier, workload: Workload, key: Callable[[TierModel, Draw], float]
+) -> list[OracleChoice]:
+    """Per request, among the models that would have answered (first attempt succeeds and
+    completes, no outage, per-model limit not used up by these picks' own one request per
+    answer), the one with the lowest ``key``; its first-token time is this request's."""
     windows: dict[str, deque[float]] = {m.id: deque() for m in tier.models}
     out = []
     for request, arrival in enumerate(workload.arrivals):
@@ -263,8 +253,8 @@ def best_known(tier: Tier, workload: Workload) -> list[OracleChoice]:
             if len(window) >= model.rpm:
                 continue
             draw = tier.draw(model, request, 0)
-            if draw.answers and (best is None or model.ttft_median < best[0]):
-                best = (model.ttft_median, draw.ttft, model)
+            if draw.answers and (best is None or key(model, draw) < best[0]):
+                best = (key(model, draw), draw.ttft, model)
         if best is None:
             out.append(OracleChoice(request, None, None))
             continue
