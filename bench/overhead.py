@@ -80,42 +80,48 @@ def _record(
     }
 
 
+class _Tally:
+    """What the caller saw of one streamed answer: first and last content chunk, count, winner."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.first: float | None = None
+        self.last: float | None = None
+        self.count = 0
+        self.winner: str | None = None
+
+    def see(self, chunk: Any) -> None:
+        if chunk.choices and chunk.choices[0].delta.content:
+            self.last = time.perf_counter()
+            if self.first is None:
+                self.first = self.last
+            self.count += 1
+        self.winner = getattr(chunk, "freerouter_model", None) or self.winner
+
+    def record(self) -> dict[str, Any]:
+        return _record(self.started, self.first, self.last, self.count, self.winner)
+
+
+MESSAGES = [{"role": "user", "content": "Write a long answer."}]
+
+
 async def _one_async(kwargs: dict[str, Any]) -> dict[str, Any]:
     import litellm
 
-    messages = [{"role": "user", "content": "Write a long answer."}]
-    started = time.perf_counter()
-    stream = await litellm.acompletion(messages=messages, stream=True, **kwargs)
-    first = last = None
-    count = 0
-    winner = None
+    tally = _Tally()
+    stream = await litellm.acompletion(messages=MESSAGES, stream=True, **kwargs)
     async for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            last = time.perf_counter()
-            if first is None:
-                first = last
-            count += 1
-        winner = getattr(chunk, "freerouter_model", None) or winner
-    return _record(started, first, last, count, winner)
+        tally.see(chunk)
+    return tally.record()
 
 
 def _one_sync(kwargs: dict[str, Any]) -> dict[str, Any]:
     import litellm
 
-    messages = [{"role": "user", "content": "Write a long answer."}]
-    started = time.perf_counter()
-    stream = litellm.completion(messages=messages, stream=True, **kwargs)
-    first = last = None
-    count = 0
-    winner = None
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            last = time.perf_counter()
-            if first is None:
-                first = last
-            count += 1
-        winner = getattr(chunk, "freerouter_model", None) or winner
-    return _record(started, first, last, count, winner)
+    tally = _Tally()
+    for chunk in litellm.completion(messages=MESSAGES, stream=True, **kwargs):
+        tally.see(chunk)
+    return tally.record()
 
 
 # Each measured run starts after the process has been idle this long. A long answer leaves
