@@ -13,6 +13,7 @@ thread-safe and cheap: the sync and async paths and the CLI read the same object
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -29,7 +30,18 @@ from .state.memory import MemoryStore
 DEFAULT_TTFT = 3.0
 # How fast old results fade: each new result keeps this share of the old weight.
 DECAY = 0.8
+# A model's speed is judged on its last this many races (won or lost): its median first-token
+# time over them is its expected time, so that one slow draw from a heavy tail does not bench a
+# good model, and a model that turned slow is known as slow within half this many races.
 SAMPLES = 32
+# A model whose last this many races were all more than SHIFT times its median before them (or
+# all wins in under 1/SHIFT of it) has changed: the older races are forgotten.  For a model
+# with a wide but steady spread (a log-spread of 0.8) three in a row happen about once in 70.
+SHIFT_AFTER = 3
+SHIFT = 2.0
+# Until a model has won this many races, its expected time is a moving average of what it
+# showed (and its prior before that): too few times for a median.
+MEDIAN_FROM = 3
 # Seconds a failed attempt is taken to cost, in ranking (a new contender must start).
 FAILURE_COST = 2.0
 # Statistics of a model not raced for this long are forgotten.
@@ -47,9 +59,9 @@ QUOTA_KEEP = 86400.0
 class ModelStats:
     cooling_until: float = 0.0
     cool_reason: str = ""
-    ttft: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
-    # Times after which the model had still sent no token when it lost a race: lower bounds.
-    lost: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
+    # Its last races, oldest first: a first-token time it showed (>= 0), or minus the time
+    # after which it had still sent no token when it lost (a lower bound).
+    samples: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
     ewma_ttft: float | None = None
     successes: float = 0.0
     failures: float = 0.0
@@ -61,10 +73,24 @@ class ModelStats:
     sent: deque[float] = field(default_factory=lambda: deque(maxlen=SENT_KEEP))
 
     @property
+    def ttft(self) -> list[float]:
+        """The first-token times it showed, in its last races."""
+        return [s for s in self.samples if s >= 0]
+
+    @property
+    def lost(self) -> list[float]:
+        """The times it had still sent no token when it lost, in its last races."""
+        return [-s for s in self.samples if s < 0]
+
+    @property
     def measured(self) -> bool:
-        return bool(self.ttft)
+        return any(s >= 0 for s in self.samples)
 
     def expected_ttft(self) -> float:
+        if len(self.ttft) >= MEDIAN_FROM:
+            median = self.quantile(0.5)
+            if median is not None:
+                return median
         if self.ewma_ttft is not None:
             return self.ewma_ttft
         if self.prior_ttft is not None:
@@ -91,9 +117,9 @@ class ModelStats:
         and leaving out the times it was overtaken while still silent would make its slow tail
         look shorter than it is. Past what the data shows, the largest time seen stands in.
         """
-        if not self.ttft:
+        if not self.measured:
             return None
-        times = sorted([(t, True) for t in self.ttft] + [(t, False) for t in self.lost])
+        times = sorted((abs(s), s >= 0) for s in self.samples)
         survival = 1.0
         for i, (seconds, observed) in enumerate(times):
             if observed:
@@ -101,6 +127,22 @@ class ModelStats:
                 if 1.0 - survival >= q - 1e-9:
                     return seconds
         return times[-1][0]
+
+    def forget_if_changed(self) -> None:
+        """Keep only the last ``SHIFT_AFTER`` races when each of them was far from the median
+        of the ones before: the model turned slow (or fast), and its old times would hide
+        that for half a window."""
+        if len(self.samples) < 2 * SHIFT_AFTER:
+            return
+        races = list(self.samples)
+        recent = races[-SHIFT_AFTER:]
+        median = ModelStats(samples=deque(races[:-SHIFT_AFTER])).quantile(0.5)
+        if median is None:
+            return
+        slower = all(abs(s) > median * SHIFT for s in recent)  # a loss this late is slow too
+        quicker = all(0 <= s < median / SHIFT for s in recent)
+        if slower or quicker:
+            self.samples = deque(recent, maxlen=SAMPLES)
 
 
 @dataclass(slots=True)
@@ -274,7 +316,8 @@ class Health:
 
     def record_first_token(self, model: str, seconds: float) -> None:
         def edit(stats: ModelStats) -> None:
-            stats.ttft.append(seconds)
+            stats.samples.append(max(0.0, seconds))
+            stats.forget_if_changed()
             stats.ewma_ttft = (
                 seconds if stats.ewma_ttft is None else 0.5 * stats.ewma_ttft + 0.5 * seconds
             )
@@ -290,8 +333,12 @@ class Health:
         nothing about being fast), so a model that keeps losing slowly drops down the ranking
         without being called a failure."""
 
+        if not seconds > 0:
+            return  # lost before it could have answered: nothing learnt
+
         def edit(stats: ModelStats) -> None:
-            stats.lost.append(seconds)
+            stats.samples.append(-seconds)
+            stats.forget_if_changed()
             expected = stats.expected_ttft()
             if seconds > expected:
                 stats.ewma_ttft = 0.5 * expected + 0.5 * seconds
@@ -428,18 +475,30 @@ def _recent_count(sent: deque[float], now: float) -> int:
     return sum(1 for t in sent if t > now - RPM_WINDOW)
 
 
-def _samples(raw: Any, maxlen: int = SAMPLES) -> deque[float]:
+def _numbers(raw: Any) -> list[float]:
     values = raw if isinstance(raw, list) else ()
-    return deque(
-        (float(s) for s in values if isinstance(s, (int, float)) and not isinstance(s, bool)),
-        maxlen=maxlen,
-    )
+    return [
+        float(s)
+        for s in values
+        if isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s)
+    ]
+
+
+def _samples(raw: Any, maxlen: int | None = None) -> deque[float]:
+    return deque(_numbers(raw), maxlen=SAMPLES if maxlen is None else maxlen)
+
+
+def _races(data: Mapping[str, Any]) -> deque[float]:
+    if "samples" in data:
+        return _samples(data.get("samples"))
+    # Written before wins and losses shared one window: their order between kinds is unknown.
+    lost = [-s for s in _numbers(data.get("lost")) if s > 0]
+    return _samples(lost + [s for s in _numbers(data.get("ttft")) if s >= 0])
 
 
 def _stats_from(data: Mapping[str, Any]) -> ModelStats:
     return ModelStats(
-        ttft=_samples(data.get("ttft")),
-        lost=_samples(data.get("lost")),
+        samples=_races(data),
         ewma_ttft=_optional_float(data.get("ewma")),
         successes=_float(data.get("successes")),
         failures=_float(data.get("failures")),
@@ -453,8 +512,7 @@ def _stats_from(data: Mapping[str, Any]) -> ModelStats:
 
 def _stats_data(stats: ModelStats) -> dict[str, Any]:
     return {
-        "ttft": list(stats.ttft),
-        "lost": list(stats.lost),
+        "samples": list(stats.samples),
         "ewma": stats.ewma_ttft,
         "successes": stats.successes,
         "failures": stats.failures,

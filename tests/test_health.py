@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from litellm_freerouter.errors import Failure
-from litellm_freerouter.health import Health
+from litellm_freerouter.health import SAMPLES, Health, ModelStats, _stats_data, _stats_from
+from litellm_freerouter.state import MemoryStore
 
 
 class Clock:
@@ -93,6 +94,69 @@ def test_a_slow_loser_is_learnt_as_slow_but_a_quick_loss_teaches_nothing() -> No
     fresh = health.stats("new:free").expected_ttft()
     health.record_lower_bound("new:free", 0.1)
     assert health.stats("new:free").expected_ttft() == fresh
+
+
+def test_one_slow_draw_does_not_bench_a_good_model() -> None:
+    """A model's expected time is the median of its last races: one draw from its heavy tail
+    leaves it ahead of a steadier but slower model (a moving average would put it at 4.8 s
+    and behind)."""
+    health = Health(clock=Clock())
+    for seconds in (0.9, 1.0, 1.1, 1.0, 0.95):
+        health.record_first_token("quick:free", seconds)
+    for _ in range(3):
+        health.record_first_token("steady:free", 1.5)
+    health.record_first_token("quick:free", 12.0)
+    assert health.stats("quick:free").expected_ttft() == 1.0
+    assert health.stats("quick:free").score() < health.stats("steady:free").score()
+
+
+def test_a_model_that_turned_slow_is_known_within_three_races() -> None:
+    """Three races in a row over twice its earlier median (wins, or losses without a token by
+    then) mean the model changed: its old times are forgotten."""
+    health = Health(clock=Clock())
+    for seconds in (0.4, 0.5, 0.6, 0.5, 0.45, 0.55):
+        health.record_first_token("m:free", seconds)
+    health.record_first_token("m:free", 3.0)
+    health.record_lower_bound("m:free", 2.5)
+    assert health.stats("m:free").expected_ttft() == 0.5  # two slow races: still the usual
+    health.record_lower_bound("m:free", 4.0)
+    stats = health.stats("m:free")
+    assert stats.lost == [2.5, 4.0] and stats.ttft == [3.0]
+    assert stats.expected_ttft() > 2.5
+    # And back: three quick wins after slow ones forget the slow ones.
+    for seconds in (3.0, 3.5, 4.0, 0.3, 0.35):
+        health.record_first_token("m:free", seconds)
+    assert health.stats("m:free").expected_ttft() >= 3.0
+    health.record_first_token("m:free", 0.3)
+    assert health.stats("m:free").expected_ttft() <= 0.35
+    assert health.stats("m:free").ttft == [0.3, 0.35, 0.3]
+
+
+def test_a_steady_model_keeps_its_whole_window() -> None:
+    """Ordinary spread (no run of three beyond the middle half) never resets the window, and
+    the window holds the last ``SAMPLES`` races, wins and losses together."""
+    health = Health(clock=Clock())
+    pattern = (1.0, 0.8, 1.3, 0.9, 1.6, 1.1, 0.7, 1.2)
+    for i in range(SAMPLES + 8):
+        if i % 5 == 4:
+            health.record_lower_bound("m:free", 0.5)  # lost early: says little
+        else:
+            health.record_first_token("m:free", pattern[i % len(pattern)])
+    stats = health.stats("m:free")
+    assert len(stats.samples) == SAMPLES
+    assert 0.9 <= stats.expected_ttft() <= 1.2
+
+
+def test_stats_written_before_the_shared_window_are_still_read() -> None:
+    """State from an earlier version (wins and losses kept apart) still ranks the model."""
+    old = _stats_from({"ttft": [0.5, 0.7, 0.6], "lost": [2.0, "bad", -1]})
+    assert old.ttft == [0.5, 0.7, 0.6] and old.lost == [2.0]
+    assert old.expected_ttft() == 0.6
+    again = _stats_from(_stats_data(old))
+    assert list(again.samples) == list(old.samples)
+    assert _stats_from({"samples": [0.4, float("nan"), True, -1.5]}).lost == [1.5]
+    health = Health(clock=Clock(), store=MemoryStore())
+    assert isinstance(health.stats("x:free"), ModelStats)
 
 
 def test_a_models_per_minute_limit_paces_this_process() -> None:
