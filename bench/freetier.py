@@ -8,12 +8,14 @@ how many upstream requests each answer cost. See README.md for the policies' exa
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import tempfile
 import time
 import warnings
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -374,12 +376,9 @@ def _scale_freerouter_constants(scale: float) -> Callable[[], None]:
     return undo
 
 
-def run(params: Params, progress: Callable[[str], None] = print) -> dict[str, Any]:
-    import litellm_freerouter  # noqa: F401  (registers freerouter/auto)
-
-    tier = make_tier(params.seed, params.requests * params.mean_gap)
-    workload = Workload.poisson(params.seed, params.requests, params.mean_gap)
-    oracle_choices = oracle(tier, workload)
+@contextlib.contextmanager
+def _tier_served(params: Params, tier: Tier) -> Iterator[str]:
+    """The tier server for ``tier`` (its URL), with freerouter's constants scaled to its time."""
     tier_file = Path(tempfile.mkstemp(prefix="bench-tier-", suffix=".json")[1])
     tier_file.write_text(json.dumps(tier.to_json()))
     server = Server(
@@ -398,13 +397,80 @@ def run(params: Params, progress: Callable[[str], None] = print) -> dict[str, An
         with warnings.catch_warnings():
             # litellm's Router leaves a cooldown callback coroutine un-awaited; not ours.
             warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
-            return asyncio.run(
-                _run_all(params, tier, workload, oracle_choices, server.url, progress)
-            )
+            yield server.url
     finally:
         undo()
         server.stop()
         tier_file.unlink(missing_ok=True)
+
+
+def run(params: Params, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    import litellm_freerouter  # noqa: F401  (registers freerouter/auto)
+
+    tier = make_tier(params.seed, params.requests * params.mean_gap)
+    workload = Workload.poisson(params.seed, params.requests, params.mean_gap)
+    oracle_choices = oracle(tier, workload)
+    with _tier_served(params, tier) as url:
+        return asyncio.run(_run_all(params, tier, workload, oracle_choices, url, progress))
+
+
+def across_seeds(
+    params: Params, seeds: list[int], progress: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
+    """The two freerouter policies again on other seeds (other tiers, other workloads), each
+    from empty state: how much of one run's figures is that tier's luck."""
+    import litellm_freerouter  # noqa: F401  (registers freerouter/auto)
+
+    rows = []
+    for seed in seeds:
+        p = dataclasses.replace(params, seed=seed)
+        tier = make_tier(seed, p.requests * p.mean_gap)
+        workload = Workload.poisson(seed, p.requests, p.mean_gap)
+        oracle_choices = oracle(tier, workload)
+        with _tier_served(p, tier) as url:
+            row = asyncio.run(_run_freerouter(p, tier, workload, oracle_choices, url))
+        rows.append(row)
+        progress(
+            f"  seed {seed}: oracle p95 {row['oracle_p95']:.2f}s; race p95 "
+            f"{row['race']['p95'] or 0:.2f}s at {row['race']['per_answer'] or 0:.2f} req/answer;"
+            f" hedged p95 {row['hedged']['p95'] or 0:.2f}s at "
+            f"{row['hedged']['per_answer'] or 0:.2f} req/answer"
+        )
+    return rows
+
+
+async def _measure(
+    h: Harness, name: str, label: str, arrivals: tuple[float, ...]
+) -> PolicyResult:
+    """Policy ``name``, afresh, on these arrivals: its outcomes and what they cost upstream."""
+    call, retries = _policy_call(h, name)
+    outcomes, log, wall = await h.run(call, arrivals, retries=retries)
+    result = PolicyResult(name, label, outcomes, wall=wall, resumed=log["resumed"])
+    result.upstream, result.decisions = h._per_request(log, len(outcomes))
+    return result
+
+
+async def _run_freerouter(
+    params: Params, tier: Tier, workload: Workload, oracle_choices: list[OracleChoice], url: str
+) -> dict[str, Any]:
+    h = Harness(params, tier, workload, url)
+    oracle_ok = [c.model is not None for c in oracle_choices]
+    row: dict[str, Any] = {"seed": params.seed}
+    for name in ("race", "hedged"):
+        summary = (await _measure(h, name, name, workload.arrivals)).summary(oracle_ok)
+        row[name] = {k: summary[k] for k in ("success_when_healthy", "p50", "p95", "per_answer")}
+    for handler in h.closers:
+        await handler.aclose()
+    row["oracle_p95"] = percentile([c.ttft for c in oracle_choices if c.ttft is not None], 95)
+    for name, hedge in (("informed_race", None), ("informed_hedged", 0.9)):
+        rows = informed(tier, workload, width=3, hedge_quantile=hedge)
+        answered = [r.ttft for r in rows if r.ttft is not None]
+        upstream = sum(r.requests for r in rows)
+        row[name] = {
+            "p95": percentile(answered, 95),
+            "per_answer": upstream / len(answered) if answered else None,
+        }
+    return row
 
 
 async def _run_all(
@@ -423,10 +489,7 @@ async def _run_all(
     )
 
     for name, label in POLICIES:
-        call, retries = _policy_call(h, name)
-        outcomes, log, wall = await h.run(call, workload.arrivals, retries=retries)
-        result = PolicyResult(name, label, outcomes, wall=wall, resumed=log["resumed"])
-        result.upstream, result.decisions = h._per_request(log, len(outcomes))
+        result = await _measure(h, name, label, workload.arrivals)
         # The same policy, afresh, on an account with OpenRouter's 50-a-day free quota.
         call, retries = _policy_call(h, name)
         q_outcomes, q_log, _ = await h.run(
@@ -440,7 +503,8 @@ async def _run_all(
         progress(
             f"  {name:7s} success {s['success']:.1%}  p50 {s['p50'] or 0:.2f}s  "
             f"p95 {s['p95'] or 0:.2f}s  req/answer {s['per_answer'] or 0:.2f}  "
-            f"quota-day answers {result.quota_answers}/{result.quota_requests}  ({wall:.0f} s)"
+            f"quota-day answers {result.quota_answers}/{result.quota_requests}  "
+            f"({result.wall:.0f} s)"
         )
 
     summaries = [r.summary(oracle_ok) for r in results]

@@ -53,6 +53,12 @@ def _main(argv: list[str] | None) -> int:
         help=f"comma-separated subset of {','.join(SECTIONS)}",
     )
     parser.add_argument("--seed", type=int, default=20260501, help="the free tier's seed")
+    parser.add_argument(
+        "--other-seeds",
+        default="7,11,13",
+        help="seeds of other tiers on which the two freerouter policies run again (for the"
+        " spread between tiers; '' for none; none with --quick)",
+    )
     parser.add_argument("--no-proxy", action="store_true", help="skip the litellm proxy runs")
     parser.add_argument(
         "--out", type=Path, default=BENCH, help="where RESULTS.md, results.json and the charts go"
@@ -130,6 +136,10 @@ def _main(argv: list[str] | None) -> int:
             f"2/3 simulated free tier: {params.requests} requests, time x{1 / params.time_scale:g}"
         )
         data = freetier.run(params, progress=_progress)
+        others = [] if args.quick else [int(x) for x in args.other_seeds.split(",") if x.strip()]
+        if others:
+            _progress(f"  the two freerouter policies on other tiers: seeds {args.other_seeds}")
+            data["across_seeds"] = freetier.across_seeds(params, others, progress=_progress)
         results["freetier"] = data
         charts.freetier(data, args.out / "freetier.png")
         timed("free tier", t0)
