@@ -439,9 +439,7 @@ def across_seeds(
     return rows
 
 
-async def _measure(
-    h: Harness, name: str, label: str, arrivals: tuple[float, ...]
-) -> PolicyResult:
+async def _measure(h: Harness, name: str, label: str, arrivals: tuple[float, ...]) -> PolicyResult:
     """Policy ``name``, afresh, on these arrivals: its outcomes and what they cost upstream."""
     call, retries = _policy_call(h, name)
     outcomes, log, wall = await h.run(call, arrivals, retries=retries)

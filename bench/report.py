@@ -524,7 +524,7 @@ def _across_seeds(ft: dict[str, Any]) -> list[str]:
     out = [
         f"**Other tiers.** The two freerouter policies again, each from empty state, on "
         f"{len(rows) - 1} more seeds (other models, draws and workloads; the first row is the "
-        "tier above). \"x PK\" is the ratio to the perfect-knowledge line on the same tier.",
+        'tier above). "x PK" is the ratio to the perfect-knowledge line on the same tier.',
         "",
         "| seed | oracle p95 | race p95 | x oracle | x PK | race req / answer "
         "| hedged p95 | x oracle | x PK | hedged req / answer | PK hedged req / answer |",

@@ -59,12 +59,17 @@ def _run(out: Output, err: Output, prompts: Sequence[str], tunables: dict[str, A
     try:
         settings = load_settings(tunables, api_key=DEMO_KEY, api_base=thread.url)
         paid = [s.id for s in scripts if not s.free]
-        out.parts([
-            ("freerouter demo", "bold"),
-            (f": {len(prompts)} prompts against a simulated OpenRouter on {thread.url}"
-             f" ({len(scripts) - len(paid)} free models and {len(paid)} paid; some fast, some"
-             " slow, some failing). No key and no network needed.", None),
-        ])
+        out.parts(
+            [
+                ("freerouter demo", "bold"),
+                (
+                    f": {len(prompts)} prompts against a simulated OpenRouter on {thread.url}"
+                    f" ({len(scripts) - len(paid)} free models and {len(paid)} paid;"
+                    " some fast, some slow, some failing). No key and no network needed.",
+                    None,
+                ),
+            ]
+        )
         answered = 0
         with RaceView(err) as view:
             router = router_for(settings)
@@ -139,18 +144,25 @@ def _summary(
             check = out.sym(" ✓", "")
             label = f"{script.id} (paid)"
             text = f"never called{check}" if not recorded else f"CALLED: {summary}"
-            rows.append([(label, None), (str(len(recorded)), None),
-                         (text, "bold green" if not recorded else "bold red")])
+            rows.append(
+                [
+                    (label, None),
+                    (str(len(recorded)), None),
+                    (text, "bold green" if not recorded else "bold red"),
+                ]
+            )
             continue
-        rows.append([
-            (script.id, None),
-            (str(len(recorded)), None),
-            (summary or "not needed", None if summary else "dim"),
-        ])
+        rows.append(
+            [
+                (script.id, None),
+                (str(len(recorded)), None),
+                (summary or "not needed", None if summary else "dim"),
+            ]
+        )
     out.table(["model", "calls", "what happened"], rows, right=(1,))
     out.line(
         "Next: create a free key at https://openrouter.ai/keys, export OPENROUTER_API_KEY=...,"
-        " then run `freerouter doctor` and `freerouter chat \"...\"`.",
+        ' then run `freerouter doctor` and `freerouter chat "..."`.',
         "dim",
     )
 

@@ -113,11 +113,17 @@ class Doctor:
             self.report("warn", f"shared state: {report.problem}")
         else:
             cooling = f", {len(report.cooling)} cooling down" if report.cooling else ""
-            self.report("ok", f"shared state: {report.backend} at {report.where}"
-                              f" ({report.measured} measured{cooling})")
+            self.report(
+                "ok",
+                f"shared state: {report.backend} at {report.where}"
+                f" ({report.measured} measured{cooling})",
+            )
         if report.blocked:
-            self.report("warn", f"every call is held for another {span(report.blocked_for)}:"
-                                f" {kind_text(report.blocked)}")
+            self.report(
+                "warn",
+                f"every call is held for another {span(report.blocked_for)}:"
+                f" {kind_text(report.blocked)}",
+            )
 
     def check_endpoint(self) -> tuple[FreeModel, ...] | None:
         """Reachable, and lists free models; None when unreachable (nothing else can work)."""
@@ -134,13 +140,19 @@ class Doctor:
                     " --api-base or OPENROUTER_API_BASE (default https://openrouter.ai/api/v1)",
                 )
                 return None
-            self.report("fail", f"endpoint: {catalog_problem(exc, base)}",
-                        "OpenRouter may be having trouble: see https://status.openrouter.ai")
+            self.report(
+                "fail",
+                f"endpoint: {catalog_problem(exc, base)}",
+                "OpenRouter may be having trouble: see https://status.openrouter.ai",
+            )
             return None
         except NoModelAvailable:
             self.report("ok", f"endpoint: {base} reachable")
-            self.report("fail", "free models: OpenRouter lists none right now",
-                        "try again later; free variants come and go")
+            self.report(
+                "fail",
+                "free models: OpenRouter lists none right now",
+                "try again later; free variants come and go",
+            )
             return ()
         tools = sum(1 for m in models if m.supports_tools)
         vision = sum(1 for m in models if m.supports_images)
@@ -184,13 +196,18 @@ class Doctor:
         router_for(self.settings).health.set_quota(limit, remaining)
         if remaining <= 0:
             failure = Failure("daily_quota", "account", "")
-            self.report("fail", f"daily free quota: used up (0 of {limit} left)",
-                        account_message(failure))
+            self.report(
+                "fail", f"daily free quota: used up (0 of {limit} left)", account_message(failure)
+            )
             return False
         text = f"daily free quota: {remaining} of {limit} requests left today (resets 00:00 UTC)"
         if remaining < self.settings.quota_reserve:
-            self.report("warn", text, f"below the reserve of {self.settings.quota_reserve}:"
-                        " freerouter races one model at a time; more at " + CREDITS_URL)
+            self.report(
+                "warn",
+                text,
+                f"below the reserve of {self.settings.quota_reserve}:"
+                " freerouter races one model at a time; more at " + CREDITS_URL,
+            )
         else:
             self.report("ok", text)
         return True
@@ -220,9 +237,12 @@ class Doctor:
             return
         except AllModelsFailed as exc:
             kinds = ", ".join(sorted({kind_text(f.kind) for f in exc.failures}))
-            self.report("fail", f"probe: every free model tried failed ({kinds})",
-                        "free models may be overloaded; try again in a minute, and see"
-                        " `freerouter models` for cooldowns")
+            self.report(
+                "fail",
+                f"probe: every free model tried failed ({kinds})",
+                "free models may be overloaded; try again in a minute, and see"
+                " `freerouter models` for cooldowns",
+            )
             return
         except Exception as exc:
             self.report("fail", f"probe: {describe(exc, self.settings.base)}")
@@ -239,11 +259,17 @@ class Doctor:
                 f" {PRIVACY_URL}",
             )
         elif failure.kind == "auth":
-            self.report("fail", "API key: rejected by OpenRouter (401)",
-                        f"check OPENROUTER_API_KEY, or create a new key at {KEYS_URL}")
+            self.report(
+                "fail",
+                "API key: rejected by OpenRouter (401)",
+                f"check OPENROUTER_API_KEY, or create a new key at {KEYS_URL}",
+            )
         elif failure.kind == "credits":
-            self.report("fail", "credits: the account's balance blocks free models (402)",
-                        f"add credits at {CREDITS_URL}")
+            self.report(
+                "fail",
+                "credits: the account's balance blocks free models (402)",
+                f"add credits at {CREDITS_URL}",
+            )
         elif failure.kind in ("daily_quota", "minute_limit"):
             self.report("fail", f"probe: {kind_text(failure.kind)}", message)
         else:

@@ -33,8 +33,9 @@ class RaceView:
     Called on the engine's thread, so it only formats and writes (``Output`` is thread-safe).
     """
 
-    def __init__(self, out: Output, *, quiet: bool = False,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, out: Output, *, quiet: bool = False, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.out = out
         self.quiet = quiet
         self.records: list[RaceRecord] = []
@@ -48,8 +49,12 @@ class RaceView:
         self._unsubscribe = events.subscribe(self)
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -83,19 +88,26 @@ class RaceView:
             record.candidates = event.candidates
             if not self.quiet:
                 can = "model can" if event.candidates == 1 else "models can"
-                out.parts([
-                    (f"race {event.request_id}", "bold cyan"),
-                    (f": {event.candidates} free {can} answer;"
-                     f" starting {len(event.models)} at once", None),
-                ])
+                out.parts(
+                    [
+                        (f"race {event.request_id}", "bold cyan"),
+                        (
+                            f": {event.candidates} free {can} answer;"
+                            f" starting {len(event.models)} at once",
+                            None,
+                        ),
+                    ]
+                )
         elif isinstance(event, events.ContenderStarted):
             self._record(event.request_id).started.append(event.model)
             if not self.quiet:
-                out.parts([
-                    (self._at(event.request_id, event.after), "dim"),
-                    ("  start  ", "cyan"),
-                    (event.model, None),
-                ])
+                out.parts(
+                    [
+                        (self._at(event.request_id, event.after), "dim"),
+                        ("  start  ", "cyan"),
+                        (event.model, None),
+                    ]
+                )
         elif isinstance(event, events.ContenderFailed):
             self._record(event.request_id).dropped.append((event.model, event.kind))
             if not self.quiet:
@@ -105,24 +117,31 @@ class RaceView:
                     consequence = f"benched for {span(event.cooldown)}"
                 else:
                     consequence = "skipped for this request only"
-                out.parts([
-                    (self._at(event.request_id), "dim"),
-                    ("  drop   ", "bold red" if event.scope == "account" else "yellow"),
-                    (event.model, None),
-                    (f"  {kind_text(event.kind)}: {one_line(event.reason, 120)}", "yellow"),
-                    (f" {out.sym('·', '-')} {consequence}", "dim"),
-                ])
+                out.parts(
+                    [
+                        (self._at(event.request_id), "dim"),
+                        ("  drop   ", "bold red" if event.scope == "account" else "yellow"),
+                        (event.model, None),
+                        (f"  {kind_text(event.kind)}: {one_line(event.reason, 120)}", "yellow"),
+                        (f" {out.sym('·', '-')} {consequence}", "dim"),
+                    ]
+                )
         elif isinstance(event, events.Winner):
             record = self._record(event.request_id)
             record.winner, record.first_token = event.model, event.first_token
             if not self.quiet:
-                out.parts([
-                    (self._at(event.request_id, event.first_token), "dim"),
-                    ("  won    ", "bold green"),
-                    (event.model, "bold green"),
-                    (f"  first token after {ms(event.first_token)}"
-                     f" ({event.contenders} started)", None),
-                ])
+                out.parts(
+                    [
+                        (self._at(event.request_id, event.first_token), "dim"),
+                        ("  won    ", "bold green"),
+                        (event.model, "bold green"),
+                        (
+                            f"  first token after {ms(event.first_token)}"
+                            f" ({event.contenders} started)",
+                            None,
+                        ),
+                    ]
+                )
         elif isinstance(event, events.Finished):
             # Printed by the command once the answer is out, so it never splits the answer.
             record = self._record(event.request_id)
@@ -130,8 +149,13 @@ class RaceView:
         elif isinstance(event, events.AccountNotice):
             out.parts([(out.sym("! ", "warn: "), "bold yellow"), (event.text, "yellow")])
         elif isinstance(event, events.CatalogRefreshed) and not event.ok and event.count:
-            out.parts([
-                (out.sym("! ", "warn: "), "bold yellow"),
-                (f"free-model list refresh failed, keeping {event.count} models:"
-                 f" {one_line(event.error or '', 160)}", "yellow"),
-            ])
+            out.parts(
+                [
+                    (out.sym("! ", "warn: "), "bold yellow"),
+                    (
+                        f"free-model list refresh failed, keeping {event.count} models:"
+                        f" {one_line(event.error or '', 160)}",
+                        "yellow",
+                    ),
+                ]
+            )

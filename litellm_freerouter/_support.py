@@ -157,9 +157,14 @@ def done_line(err: Output, record: RaceRecord | None) -> None:
     dot = err.sym(" · ", ", ")
     tail = f"{dot}{record.duration:.2f} s in all" if record.duration is not None else ""
     dropped = f"{dot}{len(record.dropped)} dropped" if record.dropped else ""
-    err.parts([
-        (err.sym("✓ ", "done: "), "bold green"),
-        (f"answered by {record.winner}", "green"),
-        (f"{dot}first token {ms(record.first_token)}{tail}{dot}"
-         f"{len(record.started)} started{dropped}", "dim"),
-    ])
+    err.parts(
+        [
+            (err.sym("✓ ", "done: "), "bold green"),
+            (f"answered by {record.winner}", "green"),
+            (
+                f"{dot}first token {ms(record.first_token)}{tail}{dot}"
+                f"{len(record.started)} started{dropped}",
+                "dim",
+            ),
+        ]
+    )

@@ -84,8 +84,12 @@ class Output:
         self._console: Console | None = None
         if fancy:
             self._console = Console(
-                file=stream, force_terminal=True, highlight=False, soft_wrap=True,
-                emoji=False, markup=False,
+                file=stream,
+                force_terminal=True,
+                highlight=False,
+                soft_wrap=True,
+                emoji=False,
+                markup=False,
             )
 
     def redact(self, text: str) -> str:

@@ -129,17 +129,29 @@ def _quiet_stdout() -> None:
 
 
 @click.group(cls=FreeRouterCLI, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--api-base", metavar="URL",
-              help="OpenRouter API base [default: OPENROUTER_API_BASE, else openrouter.ai].")
-@click.option("--api-key", metavar="KEY",
-              help="OpenRouter API key [default: OPENROUTER_API_KEY, the safer place for it].")
-@click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto",
-              show_default=True, help="Styled output; auto: on a terminal unless NO_COLOR is set.")
+@click.option(
+    "--api-base",
+    metavar="URL",
+    help="OpenRouter API base [default: OPENROUTER_API_BASE, else openrouter.ai].",
+)
+@click.option(
+    "--api-key",
+    metavar="KEY",
+    help="OpenRouter API key [default: OPENROUTER_API_KEY, the safer place for it].",
+)
+@click.option(
+    "--color",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="Styled output; auto: on a terminal unless NO_COLOR is set.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log what the router does; show tracebacks.")
 @click.version_option(__version__, "-V", "--version", prog_name="freerouter")
 @click.pass_context
-def cli(ctx: click.Context, api_base: str | None, api_key: str | None, color: ColorChoice,
-        verbose: bool) -> None:
+def cli(
+    ctx: click.Context, api_base: str | None, api_key: str | None, color: ColorChoice, verbose: bool
+) -> None:
     """freerouter/auto for LiteLLM: OpenRouter's free models, raced; the first token wins.
 
     \b
@@ -148,8 +160,7 @@ def cli(ctx: click.Context, api_base: str | None, api_key: str | None, color: Co
       freerouter doctor          check your key, quota and privacy setting
       freerouter chat "Hello"    ask the real thing
     """
-    ctx.obj = App(api_base=api_base or None, api_key=api_key or None, color=color,
-                  verbose=verbose)
+    ctx.obj = App(api_base=api_base or None, api_key=api_key or None, color=color, verbose=verbose)
     if not verbose:
         # litellm's own warnings (such as its cost-map download failing offline) mean nothing
         # to someone running this command; our errors say what went wrong.
@@ -198,9 +209,7 @@ async def _models_report(
             quota = (q.remaining, q.limit)
     # The order the next race would try them in; cooling ones last.
     ranked = router.rank(models, replace(settings, explore=0.0), None, settings.race_width)
-    rows = [
-        _Row(m, router.health.view(m.id), router.health.stats(m.id).prior_ttft) for m in ranked
-    ]
+    rows = [_Row(m, router.health.view(m.id), router.health.stats(m.id).prior_ttft) for m in ranked]
     rows.sort(key=lambda row: row.view.cooling_for > 0)
     return rows, quota
 
@@ -227,21 +236,26 @@ def models(app: App, as_json: bool) -> None:
         model, view = row.model, row.view
         state, state_text = _state(view)
         style = {"ready": "green", "cooling": "yellow"}.get(state, "dim")
-        table.append([
-            (model.id, None),
-            (f"{model.context_length:,}" if model.context_length else "?", None),
-            (yes if model.supports_tools else no, None),
-            (yes if model.supports_images else no, None),
-            (state_text, style),
-            (_speed(row), None if view.ttft_p50 is not None else "dim"),
-        ])
-    out.line(f"{len(rows)} free models at {settings.base}, in the order the next race tries them",
-             "bold")
-    out.table(["model", "context", "tools", "vision", "state", "first token p50"], table,
-              right=(1, 5))
+        table.append(
+            [
+                (model.id, None),
+                (f"{model.context_length:,}" if model.context_length else "?", None),
+                (yes if model.supports_tools else no, None),
+                (yes if model.supports_images else no, None),
+                (state_text, style),
+                (_speed(row), None if view.ttft_p50 is not None else "dim"),
+            ]
+        )
+    out.line(
+        f"{len(rows)} free models at {settings.base}, in the order the next race tries them", "bold"
+    )
+    out.table(
+        ["model", "context", "tools", "vision", "state", "first token p50"], table, right=(1, 5)
+    )
     if any(row.view.ttft_p50 is None and row.prior is not None for row in rows):
-        out.line("~: OpenRouter's recent figure for the model; measured here once it has raced.",
-                 "dim")
+        out.line(
+            "~: OpenRouter's recent figure for the model; measured here once it has raced.", "dim"
+        )
     if quota is not None:
         remaining, limit = quota
         out.line(f"Free requests left today: {remaining} of {limit} (resets 00:00 UTC).")
@@ -280,8 +294,12 @@ def _as_json(row: _Row) -> dict[str, Any]:
 
 
 @cli.command()
-@click.option("--probe/--no-probe", default=True, show_default=True,
-              help="Send one minimal completion (spends 1 request of the daily free quota).")
+@click.option(
+    "--probe/--no-probe",
+    default=True,
+    show_default=True,
+    help="Send one minimal completion (spends 1 request of the daily free quota).",
+)
 @pass_app
 def doctor(app: App, probe: bool) -> None:
     """Check the key, quota, endpoint, free models and privacy setting; say how to fix each."""
@@ -299,24 +317,44 @@ def doctor(app: App, probe: bool) -> None:
 @click.argument("prompt")
 @click.option("--system", metavar="TEXT", help="A system message to send first.")
 @click.option("--max-tokens", type=click.IntRange(min=1), help="Cap the answer's length.")
-@click.option("--race-width", type=int,
-              help="How many models race at once [default: FREEROUTER_RACE_WIDTH, else 3].")
-@click.option("--hedge-delay", metavar="SECONDS|auto",
-              help="Wait before adding each next contender [default: 0, all at once].")
-@click.option("--first-token-timeout", type=float, metavar="SECONDS",
-              help="Drop a contender with no first token by then [default: 30].")
+@click.option(
+    "--race-width",
+    type=int,
+    help="How many models race at once [default: FREEROUTER_RACE_WIDTH, else 3].",
+)
+@click.option(
+    "--hedge-delay",
+    metavar="SECONDS|auto",
+    help="Wait before adding each next contender [default: 0, all at once].",
+)
+@click.option(
+    "--first-token-timeout",
+    type=float,
+    metavar="SECONDS",
+    help="Drop a contender with no first token by then [default: 30].",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only the answer: no race view on stderr.")
 @pass_app
-def chat(app: App, prompt: str, system: str | None, max_tokens: int | None,
-         race_width: int | None, hedge_delay: str | None, first_token_timeout: float | None,
-         quiet: bool) -> None:
+def chat(
+    app: App,
+    prompt: str,
+    system: str | None,
+    max_tokens: int | None,
+    race_width: int | None,
+    hedge_delay: str | None,
+    first_token_timeout: float | None,
+    quiet: bool,
+) -> None:
     """Ask once; the answer streams to stdout and the race to stderr ("-" reads stdin)."""
     if prompt == "-":
         prompt = sys.stdin.read()
     tunables = {
         name: value
-        for name, value in (("race_width", race_width), ("hedge_delay", hedge_delay),
-                            ("first_token_timeout", first_token_timeout))
+        for name, value in (
+            ("race_width", race_width),
+            ("hedge_delay", hedge_delay),
+            ("first_token_timeout", first_token_timeout),
+        )
         if value is not None
     }
     settings = app.settings(tunables)  # invalid values fail here, with the setting's name
@@ -372,8 +410,12 @@ def state_show(app: App, as_json: bool) -> None:
 
 
 @state_group.command("clear")
-@click.option("--all", "everything", is_flag=True,
-              help="Every key's and endpoint's state, not only this key's.")
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="Every key's and endpoint's state, not only this key's.",
+)
 @pass_app
 def state_clear(app: App, everything: bool) -> None:
     """Forget cooldowns, measured speed, account limits and the cached model list."""

@@ -47,8 +47,20 @@ MODEL_INFO: dict[str, Any] = {
 
 # Parameters litellm hands us that are not for the upstream body.
 _NOT_UPSTREAM = frozenset(
-    {"stream", "stream_options", "max_retries", "api_key", "api_base", "timeout", "extra_body",
-     "extra_headers", "custom_llm_provider", "drop_params", "mock_response", "metadata"}
+    {
+        "stream",
+        "stream_options",
+        "max_retries",
+        "api_key",
+        "api_base",
+        "timeout",
+        "extra_body",
+        "extra_headers",
+        "custom_llm_provider",
+        "drop_params",
+        "mock_response",
+        "metadata",
+    }
 ) | frozenset(TUNABLES)
 
 
@@ -113,7 +125,9 @@ def _router(settings: Settings) -> Router:
     if router is None:
         store = state.open_store(settings)
         router = routers[key] = Router(
-            settings.base, session=eng.session, refresh_interval=settings.refresh_interval,
+            settings.base,
+            session=eng.session,
+            refresh_interval=settings.refresh_interval,
             health=Health(store=store),
         )
         cached = store.load_catalog()
@@ -248,16 +262,29 @@ def _translate(exc: BaseException) -> BaseException:
 class FreeRouterLLM(CustomLLM):
     """``freerouter/auto`` for LiteLLM."""
 
-    def completion(self, model: str, messages: list[Any], api_base: str | None,
-                   custom_prompt_dict: dict[str, Any], model_response: ModelResponse,
-                   print_verbose: Any, encoding: Any, api_key: str | None, logging_obj: Any,
-                   optional_params: dict[str, Any], acompletion: Any = None,
-                   litellm_params: dict[str, Any] | None = None, logger_fn: Any = None,
-                   headers: dict[str, Any] | None = None, timeout: Any = None,
-                   client: Any = None) -> ModelResponse:
+    def completion(
+        self,
+        model: str,
+        messages: list[Any],
+        api_base: str | None,
+        custom_prompt_dict: dict[str, Any],
+        model_response: ModelResponse,
+        print_verbose: Any,
+        encoding: Any,
+        api_key: str | None,
+        logging_obj: Any,
+        optional_params: dict[str, Any],
+        acompletion: Any = None,
+        litellm_params: dict[str, Any] | None = None,
+        logger_fn: Any = None,
+        headers: dict[str, Any] | None = None,
+        timeout: Any = None,
+        client: Any = None,
+    ) -> ModelResponse:
         try:
-            body, settings = prepare(messages, optional_params, litellm_params,
-                                     api_key=api_key, api_base=api_base)
+            body, settings = prepare(
+                messages, optional_params, litellm_params, api_key=api_key, api_base=api_base
+            )
             answer = engine.call_sync(
                 lambda: _router(settings).complete(body, settings), timeout=_seconds(timeout)
             )
@@ -265,16 +292,29 @@ class FreeRouterLLM(CustomLLM):
             raise _translate(exc) from None
         return fill_response(model_response, answer)
 
-    async def acompletion(self, model: str, messages: list[Any], api_base: str | None,
-                          custom_prompt_dict: dict[str, Any], model_response: ModelResponse,
-                          print_verbose: Any, encoding: Any, api_key: str | None,
-                          logging_obj: Any, optional_params: dict[str, Any],
-                          acompletion: Any = None, litellm_params: dict[str, Any] | None = None,
-                          logger_fn: Any = None, headers: dict[str, Any] | None = None,
-                          timeout: Any = None, client: Any = None) -> ModelResponse:
+    async def acompletion(
+        self,
+        model: str,
+        messages: list[Any],
+        api_base: str | None,
+        custom_prompt_dict: dict[str, Any],
+        model_response: ModelResponse,
+        print_verbose: Any,
+        encoding: Any,
+        api_key: str | None,
+        logging_obj: Any,
+        optional_params: dict[str, Any],
+        acompletion: Any = None,
+        litellm_params: dict[str, Any] | None = None,
+        logger_fn: Any = None,
+        headers: dict[str, Any] | None = None,
+        timeout: Any = None,
+        client: Any = None,
+    ) -> ModelResponse:
         try:
-            body, settings = prepare(messages, optional_params, litellm_params,
-                                     api_key=api_key, api_base=api_base)
+            body, settings = prepare(
+                messages, optional_params, litellm_params, api_key=api_key, api_base=api_base
+            )
             answer = await _with_timeout(
                 engine.call_async(lambda: _router(settings).complete(body, settings)),
                 _seconds(timeout),
@@ -283,23 +323,46 @@ class FreeRouterLLM(CustomLLM):
             raise _translate(exc) from None
         return fill_response(model_response, answer)
 
-    def streaming(self, model: str, messages: list[Any], api_base: str | None,
-                  custom_prompt_dict: dict[str, Any], model_response: ModelResponse,
-                  print_verbose: Any, encoding: Any, api_key: str | None, logging_obj: Any,
-                  optional_params: dict[str, Any], acompletion: Any = None,
-                  litellm_params: dict[str, Any] | None = None, logger_fn: Any = None,
-                  headers: dict[str, Any] | None = None, timeout: Any = None,
-                  client: Any = None) -> Iterator[GenericStreamingChunk]:
+    def streaming(
+        self,
+        model: str,
+        messages: list[Any],
+        api_base: str | None,
+        custom_prompt_dict: dict[str, Any],
+        model_response: ModelResponse,
+        print_verbose: Any,
+        encoding: Any,
+        api_key: str | None,
+        logging_obj: Any,
+        optional_params: dict[str, Any],
+        acompletion: Any = None,
+        litellm_params: dict[str, Any] | None = None,
+        logger_fn: Any = None,
+        headers: dict[str, Any] | None = None,
+        timeout: Any = None,
+        client: Any = None,
+    ) -> Iterator[GenericStreamingChunk]:
         return ChunkStream(
             _sync_chunks(messages, optional_params, litellm_params, api_key, api_base, timeout)
         )
 
     def astreaming(  # type: ignore[override,misc]
-        self, model: str, messages: list[Any], api_base: str | None,
-        custom_prompt_dict: dict[str, Any], model_response: ModelResponse, print_verbose: Any,
-        encoding: Any, api_key: str | None, logging_obj: Any, optional_params: dict[str, Any],
-        acompletion: Any = None, litellm_params: dict[str, Any] | None = None,
-        logger_fn: Any = None, headers: dict[str, Any] | None = None, timeout: Any = None,
+        self,
+        model: str,
+        messages: list[Any],
+        api_base: str | None,
+        custom_prompt_dict: dict[str, Any],
+        model_response: ModelResponse,
+        print_verbose: Any,
+        encoding: Any,
+        api_key: str | None,
+        logging_obj: Any,
+        optional_params: dict[str, Any],
+        acompletion: Any = None,
+        litellm_params: dict[str, Any] | None = None,
+        logger_fn: Any = None,
+        headers: dict[str, Any] | None = None,
+        timeout: Any = None,
         client: Any = None,
     ) -> AsyncIterator[GenericStreamingChunk]:
         # litellm iterates what this returns without awaiting it: an async iterator object.
@@ -308,11 +371,18 @@ class FreeRouterLLM(CustomLLM):
         )
 
 
-def _sync_chunks(messages: Any, optional_params: Any, litellm_params: Any, api_key: str | None,
-                 api_base: str | None, timeout: Any) -> Iterator[GenericStreamingChunk]:
+def _sync_chunks(
+    messages: Any,
+    optional_params: Any,
+    litellm_params: Any,
+    api_key: str | None,
+    api_base: str | None,
+    timeout: Any,
+) -> Iterator[GenericStreamingChunk]:
     try:
-        body, settings = prepare(messages, optional_params, litellm_params,
-                                 api_key=api_key, api_base=api_base)
+        body, settings = prepare(
+            messages, optional_params, litellm_params, api_key=api_key, api_base=api_base
+        )
         yield from engine.stream_sync(
             lambda: _generic_chunks(body, settings),
             first_item_timeout=_seconds(timeout),
@@ -322,12 +392,18 @@ def _sync_chunks(messages: Any, optional_params: Any, litellm_params: Any, api_k
         raise _translate(exc) from None
 
 
-async def _async_chunks(messages: Any, optional_params: Any, litellm_params: Any,
-                        api_key: str | None, api_base: str | None, timeout: Any
-                        ) -> AsyncIterator[GenericStreamingChunk]:
+async def _async_chunks(
+    messages: Any,
+    optional_params: Any,
+    litellm_params: Any,
+    api_key: str | None,
+    api_base: str | None,
+    timeout: Any,
+) -> AsyncIterator[GenericStreamingChunk]:
     try:
-        body, settings = prepare(messages, optional_params, litellm_params,
-                                 api_key=api_key, api_base=api_base)
+        body, settings = prepare(
+            messages, optional_params, litellm_params, api_key=api_key, api_base=api_base
+        )
         stream = engine.stream_async(
             lambda: _generic_chunks(body, settings), consumer_timeout=settings.idle_timeout
         )

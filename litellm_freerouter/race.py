@@ -280,9 +280,7 @@ async def race(
             # Keep `width` in flight; a hedged race adds one only when its time has come, or
             # when nothing is in flight at all. The clock is read afresh, so that with no hedge
             # delay every contender starts in this same pass rather than a loop turn apart.
-            while queue and len(running) < width and (
-                not running or loop.time() >= next_start_at
-            ):
+            while queue and len(running) < width and (not running or loop.time() >= next_start_at):
                 start_next()
             now = loop.time()
             if not running:

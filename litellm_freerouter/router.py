@@ -164,9 +164,7 @@ class Router:
         return dict(data)
 
     def _watch_quota(self, api_key: str) -> None:
-        if self._quota_task is None or (
-            self._quota_task.done() and self.catalog.stale()
-        ):
+        if self._quota_task is None or (self._quota_task.done() and self.catalog.stale()):
             self._quota_task = asyncio.get_running_loop().create_task(
                 self.read_quota(api_key), name="freerouter-quota"
             )
@@ -311,8 +309,15 @@ class Router:
 
     def _account_stop(self, failure: Failure) -> UpstreamError:
         return UpstreamError(
-            Failure(failure.kind, "account", account_message(failure), failure.model,
-                    failure.status, failure.retry_after, failure.reset_at)
+            Failure(
+                failure.kind,
+                "account",
+                account_message(failure),
+                failure.model,
+                failure.status,
+                failure.retry_after,
+                failure.reset_at,
+            )
         )
 
     def _handle_failure(self, failure: Failure, settings: Settings, request_id: str) -> None:
@@ -337,8 +342,12 @@ class Router:
                 )
         events.emit(
             events.ContenderFailed(
-                request_id, failure.model or "?", failure.kind, failure.scope,
-                failure.message[:200], cooldown,
+                request_id,
+                failure.model or "?",
+                failure.kind,
+                failure.scope,
+                failure.message[:200],
+                cooldown,
             )
         )
 
@@ -425,21 +434,22 @@ class Router:
         def make(model: FreeModel, now: float) -> Contender:
             payload = dict(body, model=model.id, stream=True)
             return Contender(
-                model, session=session, url=url, headers=headers, body=encode_body(payload),
-                started=now, idle_timeout=settings.idle_timeout,
+                model,
+                session=session,
+                url=url,
+                headers=headers,
+                body=encode_body(payload),
+                started=now,
+                idle_timeout=settings.idle_timeout,
             )
 
         def on_start(contender: Contender) -> None:
             self.health.record_attempt(contender.id)
             self.health.spend()
-            events.emit(
-                events.ContenderStarted(request_id, contender.id, loop.time() - race_start)
-            )
+            events.emit(events.ContenderStarted(request_id, contender.id, loop.time() - race_start))
 
         events.emit(
-            events.RaceStarted(
-                request_id, tuple(m.id for m in ordered[:width]), len(ordered)
-            )
+            events.RaceStarted(request_id, tuple(m.id for m in ordered[:width]), len(ordered))
         )
         try:
             outcome = await race(
@@ -473,7 +483,9 @@ class Router:
         self._remember(conversation, winner.id)
         events.emit(
             events.Winner(
-                request_id, winner.id, (winner.first_token_at or race_start) - race_start,
+                request_id,
+                winner.id,
+                (winner.first_token_at or race_start) - race_start,
                 outcome.started,
             )
         )
@@ -492,9 +504,7 @@ class Router:
         finally:
             learn()
             winner.close()
-            events.emit(
-                events.Finished(request_id, winner.id, ok, loop.time() - race_start, error)
-            )
+            events.emit(events.Finished(request_id, winner.id, ok, loop.time() - race_start, error))
 
     async def stream(
         self, body: dict[str, Any], settings: Settings

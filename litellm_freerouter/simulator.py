@@ -931,8 +931,13 @@ def _load_scripts(path: str) -> list[ModelScript]:
     scripts = []
     for entry in raw:
         values = dict(entry)
-        for name in ("supported_parameters", "input_modalities", "reasoning", "chunks",
-                     "tool_calls"):
+        for name in (
+            "supported_parameters",
+            "input_modalities",
+            "reasoning",
+            "chunks",
+            "tool_calls",
+        ):
             if name in values and isinstance(values[name], list):
                 values[name] = tuple(values[name])
         scripts.append(ModelScript(**values))
@@ -950,8 +955,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m litellm_freerouter.simulator")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--models", default="demo",
-                        help="'demo', or a JSON file: a list of ModelScript fields")
+    parser.add_argument(
+        "--models", default="demo", help="'demo', or a JSON file: a list of ModelScript fields"
+    )
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--daily-quota", type=int, default=None)
     parser.add_argument("--time-scale", type=float, default=1.0)

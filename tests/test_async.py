@@ -190,8 +190,9 @@ async def test_abandoned_stream_is_cancelled_once_the_caller_stops_reading(
     """A caller that stops reading without closing (litellm 1.81's proxy on a disconnect) is
     detected by flow control within idle_timeout: the race is cancelled, upstream closed."""
     sim, _ = served
-    sim.set_models([ModelScript("long/a:free", chunks=tuple(f" z{i}" for i in range(2000)),
-                                chunk_delay=0.005)])
+    sim.set_models(
+        [ModelScript("long/a:free", chunks=tuple(f" z{i}" for i in range(2000)), chunk_delay=0.005)]
+    )
     stream = await litellm.acompletion(
         model="freerouter/auto", messages=MESSAGES, stream=True, idle_timeout=0.3
     )

@@ -65,7 +65,11 @@ def python(
     environ.update(env or {})
     done = subprocess.run(
         [sys.executable, "-c", REPORT + textwrap.dedent(code)],
-        cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=90,
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     assert done.returncode == 0, done.stderr
     assert "Error processing line" not in done.stderr, done.stderr  # site's .pth failure note
@@ -151,8 +155,9 @@ def test_disable_switch_keeps_the_hook_out(tmp_path: Path, value: str) -> None:
 
 def test_disabled_hook_leaves_litellm_alone(tmp_path: Path) -> None:
     """With the switch on, importing litellm registers nothing."""
-    state, _ = python("import litellm\nreport()", tmp_path,
-                      env={"FREEROUTER_DISABLE_AUTOLOAD": "1"})
+    state, _ = python(
+        "import litellm\nreport()", tmp_path, env={"FREEROUTER_DISABLE_AUTOLOAD": "1"}
+    )
     assert not state["package_imported"]
     assert state["providers"] == []
 
@@ -216,7 +221,7 @@ def test_modules_imported_before_the_hook_are_prepared_at_once(tmp_path: Path) -
 
 
 # The parts of aider 0.86.2's aider/models.py that the hook touches; the e2e test runs the real one.
-FAKE_AIDER_MODELS = '''
+FAKE_AIDER_MODELS = """
 from dataclasses import dataclass
 
 @dataclass
@@ -233,7 +238,7 @@ class ModelInfoManager:
         self.local_model_metadata = {}
 
 model_info_manager = ModelInfoManager()
-'''
+"""
 
 
 def fake_aider(tmp_path: Path) -> None:
@@ -261,8 +266,12 @@ def test_importing_aider_models_describes_freerouter(tmp_path: Path) -> None:
     )
     assert state["metadata"] == provider.MODEL_INFO
     assert state["settings"] == [
-        {"name": "freerouter/auto", "edit_format": "diff", "use_repo_map": True,
-         "examples_as_sys_msg": True}
+        {
+            "name": "freerouter/auto",
+            "edit_format": "diff",
+            "use_repo_map": True,
+            "examples_as_sys_msg": True,
+        }
     ]
     assert not state["litellm_imported"]
     assert WARNING not in stderr
@@ -283,7 +292,8 @@ BROKEN = 'raise RuntimeError("broken on purpose")\n'
 
 
 @pytest.mark.parametrize(
-    "autoload_source", [BROKEN, None, "install = 42\n"],
+    "autoload_source",
+    [BROKEN, None, "install = 42\n"],
     ids=["autoload-raises", "autoload-missing", "install-not-callable"],
 )
 def test_hook_never_breaks_interpreter_start(tmp_path: Path, autoload_source: str | None) -> None:

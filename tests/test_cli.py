@@ -53,7 +53,10 @@ def run(args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Co
     """Run ``python -m litellm_freerouter`` as a real process, stdout and stderr piped."""
     done = subprocess.run(
         [sys.executable, "-m", "litellm_freerouter", *args],
-        capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
         stdin=subprocess.DEVNULL,
     )
     for stream in (done.stdout, done.stderr):
@@ -67,7 +70,9 @@ def run_in_terminal(args: Sequence[str], env: dict[str, str]) -> tuple[int, str]
     main, child = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "litellm_freerouter", *args],
-        stdin=subprocess.DEVNULL, stdout=child, stderr=child,
+        stdin=subprocess.DEVNULL,
+        stdout=child,
+        stderr=child,
         env={**os.environ, "COLUMNS": "200", "TERM": "xterm-256color", **env},
     )
     os.close(child)
@@ -96,9 +101,13 @@ def mixed_models() -> list[ModelScript]:
     return [
         fast(WINNER, "Hello from the winner", delay=0.05),
         ModelScript(id="down/busy:free", status=503, error_message="No instances available"),
-        ModelScript(id="see/vision:free", input_modalities=("text", "image"),
-                    supported_parameters=("max_tokens",), first_token_delay=1.0,
-                    endpoint_latency_ms=900.0),
+        ModelScript(
+            id="see/vision:free",
+            input_modalities=("text", "image"),
+            supported_parameters=("max_tokens",),
+            first_token_delay=1.0,
+            endpoint_latency_ms=900.0,
+        ),
         ModelScript(id="paid/model", free=False),
     ]
 
@@ -283,8 +292,20 @@ def test_chat_streams_the_answer_to_stdout_and_the_race_to_stderr(api: Upstream)
 def test_chat_passes_the_tunables_through(api: Upstream) -> None:
     """--race-width 1 reaches the router: only one model is asked."""
     api.sim.set_models([fast("a/one:free", "one"), fast("b/two:free", "two")])
-    result = invoke(["chat", "hi", "--race-width", "1", "--hedge-delay", "auto",
-                     "--first-token-timeout", "5", "--max-tokens", "7"])
+    result = invoke(
+        [
+            "chat",
+            "hi",
+            "--race-width",
+            "1",
+            "--hedge-delay",
+            "auto",
+            "--first-token-timeout",
+            "5",
+            "--max-tokens",
+            "7",
+        ]
+    )
     assert result.exit_code == 0, result.output
     assert len(api.sim.requests) == 1
     assert api.sim.requests[0].body["max_tokens"] == 7
@@ -311,9 +332,7 @@ def test_chat_without_a_key_is_one_line(api: Upstream) -> None:
 
 def test_chat_when_every_model_fails_ends_in_one_error_line(api: Upstream) -> None:
     """All models down: the race is shown, then a single error line, exit 1."""
-    api.sim.set_models(
-        [ModelScript(id=f"down/m{i}:free", status=503) for i in range(3)]
-    )
+    api.sim.set_models([ModelScript(id=f"down/m{i}:free", status=503) for i in range(3)])
     result = invoke(["chat", "hi"])
     assert result.exit_code == 1
     assert result.stdout == ""
@@ -460,7 +479,8 @@ def test_litellm_errors_become_their_first_line() -> None:
 
     wordy = litellm.APIConnectionError(
         message="upstream hiccup\nTraceback (most recent call last):\n  File 'x.py', line 1",
-        llm_provider="freerouter", model="auto",
+        llm_provider="freerouter",
+        model="auto",
     )
     assert describe(wordy) == "upstream hiccup"
     wrapped = RuntimeError("outer")
@@ -473,7 +493,10 @@ def test_ctrl_c_cancels_the_race_and_exits_130(api: Upstream) -> None:
     api.sim.set_models([ModelScript(id="s/stall:free", stall_before_first_token=True)])
     proc = subprocess.Popen(
         [sys.executable, "-m", "litellm_freerouter", "chat", "hi"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         # A shell running the suite in the background may have set SIGINT to "ignore".
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )

@@ -24,9 +24,7 @@ def breaking(model_id: str, **fault: Any) -> ModelScript:
 
 
 def stream_text(**kwargs: Any) -> tuple[str, list[Any]]:
-    response = litellm.completion(
-        model="freerouter/auto", messages=MESSAGES, stream=True, **kwargs
-    )
+    response = litellm.completion(model="freerouter/auto", messages=MESSAGES, stream=True, **kwargs)
     chunks = list(response)
     return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks
 
@@ -46,8 +44,10 @@ def test_stream_is_carried_on_from_what_was_delivered(
     """The caller reads one whole answer: the broken model's start, then the next model's
     continuation, which was asked to go on from exactly the delivered text."""
     upstream.sim.set_models(
-        [breaking("break/a:free", **fault), ModelScript("steady/b:free", chunks=WORDS,
-                                                        first_token_delay=0.4)]
+        [
+            breaking("break/a:free", **fault),
+            ModelScript("steady/b:free", chunks=WORDS, first_token_delay=0.4),
+        ]
     )
     with caplog.at_level(logging.WARNING, logger="litellm_freerouter"):
         text, chunks = stream_text(race_width=2, idle_timeout=0.3)
@@ -57,8 +57,11 @@ def test_stream_is_carried_on_from_what_was_delivered(
     assert sent[:-1] == MESSAGES
     assert sent[-1] == {"role": "assistant", "content": delivered}
     # Each chunk names the model that wrote it.
-    by_model = [(c.freerouter_model, c.choices[0].delta.content) for c in chunks
-                if c.choices and c.choices[0].delta.content]
+    by_model = [
+        (c.freerouter_model, c.choices[0].delta.content)
+        for c in chunks
+        if c.choices and c.choices[0].delta.content
+    ]
     assert [m for m, _ in by_model[:3]] == ["break/a:free"] * 3
     assert {m for m, _ in by_model[3:]} == {"steady/b:free"}
     assert "break/a:free failed mid-answer" in caplog.text
@@ -70,8 +73,10 @@ def test_stream_is_carried_on_from_what_was_delivered(
 def test_whole_answer_starts_afresh_without_the_broken_part(upstream: Upstream) -> None:
     """Nothing reached the caller yet: the next model answers from the start, no prefill."""
     upstream.sim.set_models(
-        [breaking("break/a:free", drop_after_chunks=2),
-         fast("steady/b:free", "A fresh whole answer", delay=0.4)]
+        [
+            breaking("break/a:free", drop_after_chunks=2),
+            fast("steady/b:free", "A fresh whole answer", delay=0.4),
+        ]
     )
     response = litellm.completion(
         model="freerouter/auto", messages=MESSAGES, race_width=2, idle_timeout=0.3
@@ -85,8 +90,10 @@ def test_whole_answer_starts_afresh_without_the_broken_part(upstream: Upstream) 
 
 async def test_async_stream_is_carried_on(upstream: Upstream) -> None:
     upstream.sim.set_models(
-        [breaking("break/a:free", stall_after_chunks=4),
-         ModelScript("steady/b:free", chunks=WORDS, first_token_delay=0.4)]
+        [
+            breaking("break/a:free", stall_after_chunks=4),
+            ModelScript("steady/b:free", chunks=WORDS, first_token_delay=0.4),
+        ]
     )
     response = await litellm.acompletion(
         model="freerouter/auto", messages=MESSAGES, stream=True, race_width=2, idle_timeout=0.3
@@ -111,9 +118,11 @@ def test_resume_zero_keeps_the_break_as_an_error(upstream: Upstream) -> None:
 def test_each_break_costs_one_resume_then_the_error_stands(upstream: Upstream) -> None:
     """Two models that both break: with resume=1 the second break is the caller's error."""
     upstream.sim.set_models(
-        [breaking("break/a:free", stall_after_chunks=2),
-         breaking("break/b:free", stall_after_chunks=4, first_token_delay=0.2),
-         fast("steady/c:free", delay=0.4, context_length=10**6)]
+        [
+            breaking("break/a:free", stall_after_chunks=2),
+            breaking("break/b:free", stall_after_chunks=4, first_token_delay=0.2),
+            fast("steady/c:free", delay=0.4, context_length=10**6),
+        ]
     )
     with pytest.raises(litellm.Timeout, match="break/b:free"):
         stream_text(race_width=1, idle_timeout=0.3, resume=1, explore=0)
@@ -154,7 +163,10 @@ def test_a_started_tool_call_is_never_carried_on(upstream: Upstream) -> None:
     with pytest.raises(litellm.ServiceUnavailableError, match="tools/a:free"):
         list(
             litellm.completion(
-                model="freerouter/auto", messages=MESSAGES, stream=True, tools=tools,
+                model="freerouter/auto",
+                messages=MESSAGES,
+                stream=True,
+                tools=tools,
                 race_width=2,
             )
         )

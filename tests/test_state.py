@@ -77,9 +77,24 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.process = subprocess.Popen(
-            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory), "--logfile", ""],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                self.exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--logfile",
+                "",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         assert self.process.stdout is not None
         log = []
@@ -217,8 +232,10 @@ def test_catalogue_round_trips(stores: Callable[[str], StateStore]) -> None:
 
 def two_healths(tmp_path: Path, clock: list[float]) -> tuple[Health, Health]:
     make = sqlite_stores(tmp_path)
-    return (Health(lambda: clock[0], store=Resilient(make("k"))),
-            Health(lambda: clock[0], store=Resilient(make("k"))))
+    return (
+        Health(lambda: clock[0], store=Resilient(make("k"))),
+        Health(lambda: clock[0], store=Resilient(make("k"))),
+    )
 
 
 def test_cooldown_of_one_health_holds_in_another(tmp_path: Path) -> None:
@@ -293,11 +310,17 @@ def test_clearing_the_block_reaches_other_processes(tmp_path: Path) -> None:
 
 def test_state_files_are_private_and_hold_no_key(upstream: Upstream, tmp_path: Path) -> None:
     """The state directory is 0700, its files 0600, and no byte of the key is in them."""
-    upstream.sim.set_models([
-        ModelScript("bad/a:free", context_length=1000, status=429,
-                    error_message="Provider returned error"),
-        fast("good/b:free", "hello", context_length=2000, delay=0.1),
-    ])
+    upstream.sim.set_models(
+        [
+            ModelScript(
+                "bad/a:free",
+                context_length=1000,
+                status=429,
+                error_message="Provider returned error",
+            ),
+            fast("good/b:free", "hello", context_length=2000, delay=0.1),
+        ]
+    )
     assert ask().choices[0].message.content == "hello"
     new_process()  # closes the file
     directory = tmp_path / "state"
@@ -332,15 +355,22 @@ def test_corrupt_state_file_warns_once_and_routes_in_memory(
     for _ in range(2):
         assert ask().choices[0].message.content == "still here"
         new_process()
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING
-                and r.name == "litellm_freerouter" and "state" in r.getMessage()]
+    warnings = [
+        r
+        for r in caplog.records
+        if r.levelno == logging.WARNING
+        and r.name == "litellm_freerouter"
+        and "state" in r.getMessage()
+    ]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert "memory" in warnings[0].getMessage() and "state clear" in warnings[0].getMessage()
     assert state.describe(load_settings()).backend == "memory"
 
 
 def test_unwritable_state_dir_warns_once_and_routes_in_memory(
-    upstream: Upstream, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    upstream: Upstream,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A state directory that cannot be created: one warning, answers from memory."""
@@ -351,8 +381,9 @@ def test_unwritable_state_dir_warns_once_and_routes_in_memory(
     assert ask().choices[0].message.content == "fine"
     new_process()
     assert ask().choices[0].message.content == "fine"
-    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING
-                and r.name == "litellm_freerouter"]
+    warnings = [
+        r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "litellm_freerouter"
+    ]
     assert len(warnings) == 1 and str(blocker) in warnings[0].getMessage()
 
 
@@ -403,17 +434,25 @@ async def _yield_once() -> None:
 
 def test_a_cooldown_from_an_earlier_process_is_honoured(upstream: Upstream) -> None:
     """A model rate-limited before a restart is not called by the new process."""
-    upstream.sim.set_models([
-        ModelScript("bad/a:free", context_length=1000, status=429,
-                    error_message="Provider returned error"),
-        fast("good/b:free", "ok", context_length=2000, delay=0.1),
-    ])
+    upstream.sim.set_models(
+        [
+            ModelScript(
+                "bad/a:free",
+                context_length=1000,
+                status=429,
+                error_message="Provider returned error",
+            ),
+            fast("good/b:free", "ok", context_length=2000, delay=0.1),
+        ]
+    )
     ask()
     new_process()
-    upstream.sim.set_models([
-        fast("bad/a:free", "healthy again", context_length=1000),
-        fast("good/b:free", "ok", context_length=2000, delay=0.1),
-    ])
+    upstream.sim.set_models(
+        [
+            fast("bad/a:free", "healthy again", context_length=1000),
+            fast("good/b:free", "ok", context_length=2000, delay=0.1),
+        ]
+    )
     later = [{"role": "user", "content": "after the restart"}]
     assert ask(messages=later).choices[0].message.content == "ok"
     assert [q.model for q in upstream.sim.requests if q.body["messages"] == later] == [
@@ -424,11 +463,17 @@ def test_a_cooldown_from_an_earlier_process_is_honoured(upstream: Upstream) -> N
 def test_describe_and_clear(upstream: Upstream, tmp_path: Path) -> None:
     """describe() shows who is cooling and why and the quota left; clear() resets it all."""
     upstream.sim.daily_quota = 40
-    upstream.sim.set_models([
-        ModelScript("bad/a:free", context_length=1000, status=429,
-                    error_message="Provider returned error"),
-        fast("good/b:free", "ok", context_length=2000, delay=0.1),
-    ])
+    upstream.sim.set_models(
+        [
+            ModelScript(
+                "bad/a:free",
+                context_length=1000,
+                status=429,
+                error_message="Provider returned error",
+            ),
+            fast("good/b:free", "ok", context_length=2000, delay=0.1),
+        ]
+    )
     ask()
     router = _router(load_settings())
     engine.call_sync(lambda: router.read_quota(KEY))
@@ -492,7 +537,9 @@ def test_redis_password_is_never_shown() -> None:
 
 
 def test_redis_down_at_start_never_fails_a_request(
-    upstream: Upstream, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    upstream: Upstream,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """No Redis yet: answers from local state with one warning, and shares once it comes."""
@@ -501,15 +548,22 @@ def test_redis_down_at_start_never_fails_a_request(
     monkeypatch.setattr(resilient, "RETRY_EVERY", 0.05)
     server = RedisServer(tmp_path)
     monkeypatch.setenv("FREEROUTER_REDIS_URL", server.url)
-    upstream.sim.set_models([
-        ModelScript("bad/a:free", context_length=1000, status=429,
-                    error_message="Provider returned error"),
-        fast("good/b:free", "ok", context_length=2000, delay=0.1),
-    ])
+    upstream.sim.set_models(
+        [
+            ModelScript(
+                "bad/a:free",
+                context_length=1000,
+                status=429,
+                error_message="Provider returned error",
+            ),
+            fast("good/b:free", "ok", context_length=2000, delay=0.1),
+        ]
+    )
     for _ in range(3):
         assert ask().choices[0].message.content == "ok"
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING
-                and r.name == "litellm_freerouter"]
+    warnings = [
+        r for r in caplog.records if r.levelno == logging.WARNING and r.name == "litellm_freerouter"
+    ]
     assert len(warnings) == 1 and "redis" in warnings[0].getMessage()
     assert "unavailable" in warnings[0].getMessage()
     server.start()
@@ -535,10 +589,12 @@ def _refresh_after_a_moment(router: Any) -> Callable[[], Any]:
     return refresh
 
 
-def test_redis_killed_mid_run_falls_back_and_writes_back(redis_server: RedisServer,
-                                                         redis_url: str,
-                                                         monkeypatch: pytest.MonkeyPatch,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_redis_killed_mid_run_falls_back_and_writes_back(
+    redis_server: RedisServer,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Redis killed: local state carries on with one warning; back: changes are shared."""
     import litellm_freerouter.state.resilient as resilient
 
@@ -592,7 +648,9 @@ def test_missing_redis_package_falls_back_to_the_file(
 
 
 def test_state_files_have_no_key_with_redis_either(
-    upstream: Upstream, redis_server: RedisServer, redis_url: str,
+    upstream: Upstream,
+    redis_server: RedisServer,
+    redis_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """With Redis, nothing of the key reaches Redis: names and values hold only its hash."""

@@ -76,8 +76,12 @@ class Worker:
         self.log = log
         self._stderr = log.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-c", WORKER], env=env, text=True, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=self._stderr,
+            [sys.executable, "-c", WORKER],
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
         )
         self._lines: queue.Queue[str] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -93,8 +97,9 @@ class Worker:
         try:
             line = self._lines.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError(f"worker {self.name} silent for {timeout} s:\n"
-                                 f"{self.log.read_text()[-3000:]}") from None
+            raise AssertionError(
+                f"worker {self.name} silent for {timeout} s:\n{self.log.read_text()[-3000:]}"
+            ) from None
         if not line:
             raise AssertionError(f"worker {self.name} ended:\n{self.log.read_text()[-3000:]}")
         return line
@@ -138,8 +143,11 @@ class Worker:
         self._stderr.close()
 
     def warnings(self) -> list[str]:
-        return [line for line in self.log.read_text().splitlines()
-                if line.startswith("FREEROUTER WARNING")]
+        return [
+            line
+            for line in self.log.read_text().splitlines()
+            if line.startswith("FREEROUTER WARNING")
+        ]
 
 
 @pytest.fixture
@@ -164,8 +172,11 @@ def workers(tmp_path: Path) -> Iterator[Any]:
 
 def called(upstream: Upstream, tag: str) -> list[str]:
     """The models that requests tagged ``tag`` were sent to."""
-    return sorted(q.model for q in upstream.sim.requests
-                  if q.body.get("messages", [{}])[0].get("content") == tag)
+    return sorted(
+        q.model
+        for q in upstream.sim.requests
+        if q.body.get("messages", [{}])[0].get("content") == tag
+    )
 
 
 BAD = "bad/a:free"
@@ -173,14 +184,17 @@ GOOD = "good/b:free"
 
 
 def healthy() -> list[ModelScript]:
-    return [fast(BAD, "from a", context_length=1000, delay=0.05),
-            fast(GOOD, "from b", context_length=2000, delay=0.3)]
+    return [
+        fast(BAD, "from a", context_length=1000, delay=0.05),
+        fast(GOOD, "from b", context_length=2000, delay=0.3),
+    ]
 
 
 def rate_limited() -> list[ModelScript]:
-    return [ModelScript(BAD, context_length=1000, status=429,
-                        error_message="Provider returned error"),
-            fast(GOOD, "from b", context_length=2000, delay=0.3)]
+    return [
+        ModelScript(BAD, context_length=1000, status=429, error_message="Provider returned error"),
+        fast(GOOD, "from b", context_length=2000, delay=0.3),
+    ]
 
 
 def test_sqlite_processes_share_cooldowns_side_by_side_and_in_a_row(
@@ -255,8 +269,13 @@ def test_processes_writing_at_once_lose_no_update(tmp_path: Path) -> None:
 
 def redis_env(server: RedisServer, tmp_path: Path, names: list[str]) -> dict[str, dict[str, str]]:
     """Each worker its own state directory: whatever they share goes through Redis."""
-    return {name: {"FREEROUTER_REDIS_URL": server.url,
-                   "FREEROUTER_STATE_DIR": str(tmp_path / f"state-{name}")} for name in names}
+    return {
+        name: {
+            "FREEROUTER_REDIS_URL": server.url,
+            "FREEROUTER_STATE_DIR": str(tmp_path / f"state-{name}"),
+        }
+        for name in names
+    }
 
 
 @pytest.fixture
@@ -297,8 +316,12 @@ def test_killing_redis_mid_run_loses_no_request(
     upstream.sim.set_models(healthy())
     assert one.ask("one-1")["ok"] and other.ask("other-1")["ok"]
     # A slow answer, and Redis killed while it streams.
-    upstream.sim.set_models([fast(BAD, "slow a", context_length=1000, delay=3.0),
-                             fast(GOOD, "slow b", context_length=2000, delay=3.0)])
+    upstream.sim.set_models(
+        [
+            fast(BAD, "slow a", context_length=1000, delay=3.0),
+            fast(GOOD, "slow b", context_length=2000, delay=3.0),
+        ]
+    )
     answer: dict[str, Any] = {}
     asking = threading.Thread(target=lambda: answer.update(one.ask("one-2")))
     asking.start()
@@ -341,13 +364,20 @@ def until(condition: Any, what: str, timeout: float = 30.0) -> None:
 def test_processes_share_the_accounts_minute(upstream: Upstream, workers: Any) -> None:
     """OpenRouter's free requests a minute are the account's, not a process's: what one
     process sent narrows the next race in another, running side by side."""
-    pace = {"FREEROUTER_REQUESTS_PER_MINUTE": "4", "FREEROUTER_RACE_WIDTH": "3",
-            "FREEROUTER_EXPLORE": "0"}
+    pace = {
+        "FREEROUTER_REQUESTS_PER_MINUTE": "4",
+        "FREEROUTER_RACE_WIDTH": "3",
+        "FREEROUTER_EXPLORE": "0",
+    }
     one, other = workers(["one", "other"], {"one": pace, "other": pace})
     # Slow enough that every contender's request reaches the simulator before one wins.
-    upstream.sim.set_models([fast("a/a:free", "from a", context_length=1000, delay=0.3),
-                             fast("b/b:free", "from b", context_length=2000, delay=0.6),
-                             fast("c/c:free", "from c", context_length=3000, delay=0.6)])
+    upstream.sim.set_models(
+        [
+            fast("a/a:free", "from a", context_length=1000, delay=0.3),
+            fast("b/b:free", "from b", context_length=2000, delay=0.6),
+            fast("c/c:free", "from c", context_length=3000, delay=0.6),
+        ]
+    )
     assert one.ask("one-1")["ok"]
     assert len(called(upstream, "one-1")) == 3
     assert other.ask("other-1")["ok"]

@@ -147,18 +147,22 @@ class StateReport:
             out.append(f"  problem: {self.problem}")
         if self.catalog_models is not None and self.catalog_age is not None:
             plural = "" if self.catalog_models == 1 else "s"
-            out.append(f"  cached catalogue: {self.catalog_models} free model{plural},"
-                       f" fetched {_ago(self.catalog_age)}")
+            out.append(
+                f"  cached catalogue: {self.catalog_models} free model{plural},"
+                f" fetched {_ago(self.catalog_age)}"
+            )
         if self.blocked:
-            out.append(f"  every call held: {reason(self.blocked)} for another"
-                       f" {_span(self.blocked_for)}")
+            out.append(
+                f"  every call held: {reason(self.blocked)} for another {_span(self.blocked_for)}"
+            )
         if self.quota_remaining is not None and self.quota_limit is not None:
             out.append(f"  free requests left today: {self.quota_remaining} of {self.quota_limit}")
         out.append(f"  models measured: {self.measured}")
         if self.cooling:
             out.append(f"  cooling down: {len(self.cooling)}")
-            out.extend(f"    {c.model}: {_span(c.seconds)} more ({reason(c.reason)})"
-                       for c in self.cooling)
+            out.extend(
+                f"    {c.model}: {_span(c.seconds)} more ({reason(c.reason)})" for c in self.cooling
+            )
         else:
             out.append("  cooling down: none")
         return out
@@ -194,8 +198,11 @@ def describe(settings: Settings, now: float | None = None) -> StateReport:
         snapshot = store.load(now)
         cooling = tuple(
             sorted(
-                (Cooling(name, health.cooling_for(name), health.view(name).cool_reason)
-                 for (space, name) in snapshot if space == COOL and health.cooling_for(name) > 0),
+                (
+                    Cooling(name, health.cooling_for(name), health.view(name).cool_reason)
+                    for (space, name) in snapshot
+                    if space == COOL and health.cooling_for(name) > 0
+                ),
                 key=lambda c: c.model,
             )
         )
@@ -212,8 +219,9 @@ def describe(settings: Settings, now: float | None = None) -> StateReport:
             quota_remaining=health.quota_remaining(),
             quota_limit=quota.limit,
             quota_resets_at=quota.resets_at or None,
-            measured=sum(1 for (space, name) in snapshot
-                         if space == MODEL and health.stats(name).measured),
+            measured=sum(
+                1 for (space, name) in snapshot if space == MODEL and health.stats(name).measured
+            ),
             catalog_models=None if cached is None else len(cached.models),
             catalog_age=None if cached is None else max(0.0, now - cached.fetched_at),
         )
@@ -238,8 +246,10 @@ def clear(settings: Settings, everything: bool = False) -> str:
     finally:
         store.close()
     whose = "every key and endpoint" if everything else "this key and endpoint"
-    return (f"cleared {count} entries and the cached catalogue for {whose}"
-            f" ({store.kind} at {store.where})")
+    return (
+        f"cleared {count} entries and the cached catalogue for {whose}"
+        f" ({store.kind} at {store.where})"
+    )
 
 
 def _span(seconds: float) -> str:

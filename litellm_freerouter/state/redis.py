@@ -131,9 +131,7 @@ class RedisStore(StateStore):
             pipe.expire(self._index, INDEX_KEEP)
             return new
 
-        result: Entry | None = self._client.transaction(
-            transaction, key, value_from_callable=True
-        )
+        result: Entry | None = self._client.transaction(transaction, key, value_from_callable=True)
         return result
 
     def load_catalog(self) -> CachedCatalog | None:
@@ -157,7 +155,7 @@ class RedisStore(StateStore):
         if not everything:
             keys.append(self._catalog_key)
         for start in range(0, len(keys), 500):
-            self._client.delete(*keys[start:start + 500])
+            self._client.delete(*keys[start : start + 500])
         return entries
 
     def ping(self) -> None:

@@ -80,13 +80,18 @@ class Resilient(StateStore):
         if first:
             log.warning(
                 "freerouter state: %s; carrying on with this process's own state, and trying"
-                " again every %g s", self._down, self.retry_every,
+                " again every %g s",
+                self._down,
+                self.retry_every,
             )
 
     def _start_probe(self) -> None:
         with self._lock:
-            if (self._closed or time.monotonic() < self._next_probe
-                    or (self._probe is not None and self._probe.is_alive())):
+            if (
+                self._closed
+                or time.monotonic() < self._next_probe
+                or (self._probe is not None and self._probe.is_alive())
+            ):
                 return
             self._next_probe = time.monotonic() + self.retry_every
             self._probe = threading.Thread(

@@ -119,9 +119,7 @@ class SqliteStore(StateStore):
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             # Also proves the file writable now, rather than at the first cooldown.
             db.execute("DELETE FROM entries WHERE expires <= ?", (time.time(),))
-            db.execute(
-                "DELETE FROM catalogs WHERE fetched_at <= ?", (time.time() - CATALOG_KEEP,)
-            )
+            db.execute("DELETE FROM catalogs WHERE fetched_at <= ?", (time.time() - CATALOG_KEEP,))
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

@@ -36,9 +36,20 @@ def freerouter_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     # No build isolation: an isolated build would download hatchling.
     done = subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out),
-         str(REPO)],
-        env=subprocess_env(), capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(out),
+            str(REPO),
+        ],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     (wheel,) = out.glob("litellm_freerouter-*.whl")
@@ -94,9 +105,21 @@ def start_simulator(
         log = tmp_path / f"simulator-{len(started)}.log"
         with log.open("w", encoding="utf-8") as stderr:
             process = subprocess.Popen(
-                [sys.executable, "-m", "litellm_freerouter.simulator", "--models", str(scripts),
-                 "--api-key", api_key, "--daily-quota", "100000"],
-                stdout=subprocess.PIPE, stderr=stderr, text=True, env=subprocess_env(),
+                [
+                    sys.executable,
+                    "-m",
+                    "litellm_freerouter.simulator",
+                    "--models",
+                    str(scripts),
+                    "--api-key",
+                    api_key,
+                    "--daily-quota",
+                    "100000",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env=subprocess_env(),
                 cwd=tmp_path,
             )
         started.append(process)

@@ -43,8 +43,12 @@ WHOLE_FILE_REPLY = (
     "```\n",
 )
 MODELS: list[dict[str, Any]] = [
-    {"id": "sim/editor:free", "first_token_delay": 0.3, "chunk_delay": 0.01,
-     "chunks": list(WHOLE_FILE_REPLY)},
+    {
+        "id": "sim/editor:free",
+        "first_token_delay": 0.3,
+        "chunk_delay": 0.01,
+        "chunks": list(WHOLE_FILE_REPLY),
+    },
     {"id": "sim/overloaded:free", "status": 503},
     {"id": "sim/sluggish:free", "first_token_delay": 60.0, "chunks": ["far ", "too ", "late"]},
 ]
@@ -88,8 +92,17 @@ def _create_aider_venv(venv: Path) -> None:
         )
     _run([sys.executable, "-m", "venv", str(venv)], timeout=120)
     ours = [r for r in requires("litellm-freerouter") or [] if "extra ==" not in r]
-    _run([str(_bin(venv, "python")), "-m", "pip", "install", "--quiet",
-          f"aider-chat=={AIDER_VERSION}", *ours])
+    _run(
+        [
+            str(_bin(venv, "python")),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            f"aider-chat=={AIDER_VERSION}",
+            *ours,
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -132,7 +145,8 @@ def aider(aider_venv: Path, freerouter_wheel: Path) -> AiderInstall:
     after = _versions(Path(python))
     package_file = _run(
         [python, "-c", "import litellm_freerouter as p; print(p.__file__)"],
-        timeout=60, cwd=aider_venv,
+        timeout=60,
+        cwd=aider_venv,
     ).strip()
     return AiderInstall(aider_venv, before, after, package_file)
 
@@ -145,7 +159,10 @@ def simulator(start_simulator: Any) -> SimulatorProcess:
 
 
 def run_aider(
-    install: AiderInstall, sim: SimulatorProcess, tmp_path: Path, *extra: str,
+    install: AiderInstall,
+    sim: SimulatorProcess,
+    tmp_path: Path,
+    *extra: str,
     env_extra: dict[str, str] | None = None,
 ) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
     """aider run as REFERENCE.md shows, in a fresh HOME and project; the output, file, net log."""
@@ -156,7 +173,8 @@ def run_aider(
     target.write_text(ORIGINAL, encoding="utf-8")
     netlog = tmp_path / "network.log"
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if not k.startswith(("AIDER_", "OPENROUTER_", "PYTHON", "VIRTUAL_ENV"))
     }
     env.update(OFFLINE)
@@ -169,15 +187,38 @@ def run_aider(
     )
     env.update(env_extra or {})
     command = [
-        str(install.python), str(GUARD), str(netlog), str(install.aider),
-        "hello.py", "--model", "freerouter/auto", "--edit-format", "whole",
-        "--message", "Make hello.py greet the race.",
-        "--yes-always", "--no-git", "--no-check-update", "--no-analytics",
-        "--no-show-release-notes", "--no-pretty", "--no-fancy-input", "--map-tokens", "0",
-        "--no-auto-lint", "--no-detect-urls", "--no-restore-chat-history", *extra,
+        str(install.python),
+        str(GUARD),
+        str(netlog),
+        str(install.aider),
+        "hello.py",
+        "--model",
+        "freerouter/auto",
+        "--edit-format",
+        "whole",
+        "--message",
+        "Make hello.py greet the race.",
+        "--yes-always",
+        "--no-git",
+        "--no-check-update",
+        "--no-analytics",
+        "--no-show-release-notes",
+        "--no-pretty",
+        "--no-fancy-input",
+        "--map-tokens",
+        "0",
+        "--no-auto-lint",
+        "--no-detect-urls",
+        "--no-restore-chat-history",
+        *extra,
     ]
     done = subprocess.run(
-        command, cwd=project, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        command,
+        cwd=project,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
         timeout=AIDER_TIMEOUT,
     )
     return done, target, netlog
