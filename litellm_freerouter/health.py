@@ -39,9 +39,10 @@ SAMPLES = 32
 # with a wide but steady spread (a log-spread of 0.8) three in a row happen about once in 70.
 SHIFT_AFTER = 3
 SHIFT = 2.0
-# Until a model has won this many races, its expected time is a moving average of what it
-# showed (and its prior before that): too few times for a median.
-MEDIAN_FROM = 3
+# Until a model has won this many of its last races, its quantiles are too rough to go by:
+# its expected time is a moving average of what it showed (its prior before that), and a
+# hedge waits a multiple of that instead of its 90th percentile.
+QUANTILES_FROM = 3
 # Seconds a failed attempt is taken to cost, in ranking (a new contender must start).
 FAILURE_COST = 2.0
 # Statistics of a model not raced for this long are forgotten.
@@ -86,11 +87,15 @@ class ModelStats:
     def measured(self) -> bool:
         return any(s >= 0 for s in self.samples)
 
+    @property
+    def settled(self) -> bool:
+        """Won enough of its last races for its quantiles to mean something."""
+        return sum(1 for s in self.samples if s >= 0) >= QUANTILES_FROM
+
     def expected_ttft(self) -> float:
-        if len(self.ttft) >= MEDIAN_FROM:
-            median = self.quantile(0.5)
-            if median is not None:
-                return median
+        median = self.quantile(0.5) if self.settled else None
+        if median is not None:
+            return median
         if self.ewma_ttft is not None:
             return self.ewma_ttft
         if self.prior_ttft is not None:
@@ -117,16 +122,7 @@ class ModelStats:
         and leaving out the times it was overtaken while still silent would make its slow tail
         look shorter than it is. Past what the data shows, the largest time seen stands in.
         """
-        if not self.measured:
-            return None
-        times = sorted((abs(s), s >= 0) for s in self.samples)
-        survival = 1.0
-        for i, (seconds, observed) in enumerate(times):
-            if observed:
-                survival *= 1.0 - 1.0 / (len(times) - i)
-                if 1.0 - survival >= q - 1e-9:
-                    return seconds
-        return times[-1][0]
+        return _quantile(self.samples, q)
 
     def forget_if_changed(self) -> None:
         """Keep only the last ``SHIFT_AFTER`` races when each of them was far from the median
@@ -136,7 +132,7 @@ class ModelStats:
             return
         races = list(self.samples)
         recent = races[-SHIFT_AFTER:]
-        median = ModelStats(samples=deque(races[:-SHIFT_AFTER])).quantile(0.5)
+        median = _quantile(races[:-SHIFT_AFTER], 0.5)
         if median is None:
             return
         slower = all(abs(s) > median * SHIFT for s in recent)  # a loss this late is slow too
@@ -469,6 +465,21 @@ def _int(value: Any) -> int | None:
 def _trim(sent: deque[float], now: float) -> None:
     while sent and sent[0] <= now - RPM_WINDOW:
         sent.popleft()
+
+
+def _quantile(races: Iterable[float], q: float) -> float | None:
+    """Kaplan-Meier: the ``q`` quantile of first-token times over ``races`` (a time >= 0, or
+    minus a lower bound), None without a single time."""
+    times = sorted((abs(s), s >= 0) for s in races)
+    if not any(observed for _, observed in times):
+        return None
+    survival = 1.0
+    for i, (seconds, observed) in enumerate(times):
+        if observed:
+            survival *= 1.0 - 1.0 / (len(times) - i)
+            if 1.0 - survival >= q - 1e-9:
+                return seconds
+    return times[-1][0]
 
 
 def _recent_count(sent: deque[float], now: float) -> int:

@@ -299,7 +299,7 @@ class Router:
         if settings.hedge_delay != "auto":
             return float(settings.hedge_delay)
         stats = self.health.stats(model.id)
-        usual = stats.quantile(HEDGE_QUANTILE) if len(stats.ttft) >= 3 else None
+        usual = stats.quantile(HEDGE_QUANTILE) if stats.settled else None
         if usual is None:
             usual = stats.expected_ttft() * HEDGE_UNMEASURED
         ceiling = settings.first_token_timeout or 60.0
