@@ -460,15 +460,38 @@ async def _run_freerouter(
     for handler in h.closers:
         await handler.aclose()
     row["oracle_p95"] = percentile([c.ttft for c in oracle_choices if c.ttft is not None], 95)
-    for name, hedge in (("informed_race", None), ("informed_hedged", 0.9)):
-        rows = informed(tier, workload, width=3, hedge_quantile=hedge)
-        answered = [r.ttft for r in rows if r.ttft is not None]
-        upstream = sum(r.requests for r in rows)
-        row[name] = {
-            "p95": percentile(answered, 95),
-            "per_answer": upstream / len(answered) if answered else None,
-        }
+    for line in _informed_lines(tier, workload):
+        row[line["name"]] = {"p95": line["p95"], "per_answer": line["per_answer"]}
     return row
+
+
+def _informed_lines(tier: Tier, workload: Workload) -> list[dict[str, Any]]:
+    """The perfect-knowledge race of 3 and hedged line, computed from the draws."""
+    lines = []
+    for name, label, hedge in (
+        ("informed_race", "perfect knowledge, race of 3 (computed, no client)", None),
+        ("informed_hedged", "perfect knowledge, hedged at p90 (computed, no client)", 0.9),
+    ):
+        rows = informed(tier, workload, width=3, hedge_quantile=hedge)
+        ttfts = [r.ttft for r in rows if r.ttft is not None]
+        upstream = sum(r.requests for r in rows)
+        lines.append(
+            {
+                "name": name,
+                "label": label,
+                "requests": len(rows),
+                "answers": len(ttfts),
+                "success": len(ttfts) / len(rows),
+                "p50": percentile(ttfts, 50),
+                "p95": percentile(ttfts, 95),
+                "p99": percentile(ttfts, 99),
+                "ttfts": ttfts,
+                "upstream": upstream,
+                "per_answer": upstream / len(ttfts) if ttfts else None,
+                "answers_per_1000": 1000 * len(ttfts) / upstream if upstream else None,
+            }
+        )
+    return lines
 
 
 async def _run_all(
@@ -536,30 +559,7 @@ async def _run_all(
         "ttfts": known,
         "per_answer": 1.0,
     }
-    informed_summaries = []
-    for name, label, hedge in (
-        ("informed_race", "perfect knowledge, race of 3 (computed, no client)", None),
-        ("informed_hedged", "perfect knowledge, hedged at p90 (computed, no client)", 0.9),
-    ):
-        rows = informed(tier, workload, width=3, hedge_quantile=hedge)
-        ttfts = [r.ttft for r in rows if r.ttft is not None]
-        upstream = sum(r.requests for r in rows)
-        informed_summaries.append(
-            {
-                "name": name,
-                "label": label,
-                "requests": len(rows),
-                "answers": len(ttfts),
-                "success": len(ttfts) / len(rows),
-                "p50": percentile(ttfts, 50),
-                "p95": percentile(ttfts, 95),
-                "p99": percentile(ttfts, 99),
-                "ttfts": ttfts,
-                "upstream": upstream,
-                "per_answer": upstream / len(ttfts) if ttfts else None,
-                "answers_per_1000": 1000 * len(ttfts) / upstream if upstream else None,
-            }
-        )
+    informed_summaries = _informed_lines(tier, workload)
     extra = []
     if params.run_oracle:
         models = {c.request: c.model for c in oracle_choices}
