@@ -305,11 +305,8 @@ def test_clearing_the_block_reaches_other_processes(tmp_path: Path) -> None:
     assert one.account_block() is None
 
 
-# --- the SQLite file ----------------------------------------------------------------------------
-
-
-def test_state_files_are_private_and_hold_no_key(upstream: Upstream, tmp_path: Path) -> None:
-    """The state directory is 0700, its files 0600, and no byte of the key is in them."""
+def one_rate_limited(upstream: Upstream, answer: str) -> None:
+    """Two models: ``bad/a`` answers 429 "rate-limited upstream", ``good/b`` answers."""
     upstream.sim.set_models(
         [
             ModelScript(
@@ -318,9 +315,17 @@ def test_state_files_are_private_and_hold_no_key(upstream: Upstream, tmp_path: P
                 status=429,
                 error_message="Provider returned error",
             ),
-            fast("good/b:free", "hello", context_length=2000, delay=0.1),
+            fast("good/b:free", answer, context_length=2000, delay=0.1),
         ]
     )
+
+
+# --- the SQLite file ----------------------------------------------------------------------------
+
+
+def test_state_files_are_private_and_hold_no_key(upstream: Upstream, tmp_path: Path) -> None:
+    """The state directory is 0700, its files 0600, and no byte of the key is in them."""
+    one_rate_limited(upstream, "hello")
     assert ask().choices[0].message.content == "hello"
     new_process()  # closes the file
     directory = tmp_path / "state"
@@ -434,17 +439,7 @@ async def _yield_once() -> None:
 
 def test_a_cooldown_from_an_earlier_process_is_honoured(upstream: Upstream) -> None:
     """A model rate-limited before a restart is not called by the new process."""
-    upstream.sim.set_models(
-        [
-            ModelScript(
-                "bad/a:free",
-                context_length=1000,
-                status=429,
-                error_message="Provider returned error",
-            ),
-            fast("good/b:free", "ok", context_length=2000, delay=0.1),
-        ]
-    )
+    one_rate_limited(upstream, "ok")
     ask()
     new_process()
     upstream.sim.set_models(
@@ -463,17 +458,7 @@ def test_a_cooldown_from_an_earlier_process_is_honoured(upstream: Upstream) -> N
 def test_describe_and_clear(upstream: Upstream, tmp_path: Path) -> None:
     """describe() shows who is cooling and why and the quota left; clear() resets it all."""
     upstream.sim.daily_quota = 40
-    upstream.sim.set_models(
-        [
-            ModelScript(
-                "bad/a:free",
-                context_length=1000,
-                status=429,
-                error_message="Provider returned error",
-            ),
-            fast("good/b:free", "ok", context_length=2000, delay=0.1),
-        ]
-    )
+    one_rate_limited(upstream, "ok")
     ask()
     router = _router(load_settings())
     engine.call_sync(lambda: router.read_quota(KEY))
@@ -548,17 +533,7 @@ def test_redis_down_at_start_never_fails_a_request(
     monkeypatch.setattr(resilient, "RETRY_EVERY", 0.05)
     server = RedisServer(tmp_path)
     monkeypatch.setenv("FREEROUTER_REDIS_URL", server.url)
-    upstream.sim.set_models(
-        [
-            ModelScript(
-                "bad/a:free",
-                context_length=1000,
-                status=429,
-                error_message="Provider returned error",
-            ),
-            fast("good/b:free", "ok", context_length=2000, delay=0.1),
-        ]
-    )
+    one_rate_limited(upstream, "ok")
     for _ in range(3):
         assert ask().choices[0].message.content == "ok"
     warnings = [
