@@ -164,6 +164,11 @@ class Catalog:
     def models(self) -> tuple[FreeModel, ...] | None:
         return self._models
 
+    @property
+    def needs_loop(self) -> bool:
+        """Whether :meth:`get` would fetch the list or start the refresh task."""
+        return self._models is None or (self._task is None and not self._closed)
+
     def preload(self, models: Sequence[FreeModel], fetched_at: float) -> None:
         """Serve a cached list at once (from persistent state) until a refresh replaces it."""
         if self._models is None:

@@ -1,10 +1,15 @@
-"""One persistent event loop in a background thread, where every race runs.
+"""Where races run: on the caller's own event loop when it has one, else on the engine's.
 
-Sync callers (aider) have no loop to race on, and async callers each have their own; running
-all races on one loop lets every request share one aiohttp session, one catalogue refresh task
-and one set of connections.  Chunks cross back to the caller through the bridges below, which
-also carry cancellation the other way: when a caller stops reading, its race is cancelled and
-its connections are closed before the bridge returns.
+Sync callers (aider) have no loop to race on: their races run on one persistent event loop in a
+background thread, the engine, and chunks cross back through the bridges below, which also carry
+cancellation the other way (when a caller stops reading, its race is cancelled and its
+connections are closed before the bridge returns).
+
+Async callers (``acompletion``, the proxy) race on their own loop, with an aiohttp session of
+that loop's own (:func:`session`): a hop to another thread for every step of a race waits for the
+interpreter lock, which a loop busy with many streams holds most of the time (at 50 concurrent
+streams that tripled the time to the first token).  What is shared between loops, the
+catalogue with its refresh task and the background reads, stays on the engine's loop.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import contextlib
 import os
 import queue
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import aiohttp
@@ -42,19 +48,24 @@ class ConsumerGone(Exception):
 
 
 class _Credit:
-    """Flow control between the engine's producer and a caller in another thread."""
+    """Flow control between a producer on ``loop`` and its caller, in another thread unless
+    ``local``."""
 
-    __slots__ = ("_loop", "_space", "_timeout", "consumed", "produced")
+    __slots__ = ("_local", "_loop", "_space", "_timeout", "consumed", "produced")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float | None) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, timeout: float | None, *, local: bool = False
+    ) -> None:
         self._loop = loop
+        self._local = local
         self._timeout = timeout
         self._space: asyncio.Event | None = None
         self.produced = 0
         self.consumed = 0
 
     async def sent(self) -> None:
-        """On the engine: one more item is waiting; wait while the caller is far behind."""
+        """On the producer's loop: one more item is waiting; wait while the caller is far
+        behind."""
         self.produced += 1
         if self.produced - self.consumed < HIGH_WATER:
             return
@@ -74,6 +85,9 @@ class _Credit:
         space = self._space
         caught_up = self.produced - self.consumed <= HIGH_WATER // 2
         if space is not None and caught_up and not space.is_set():
+            if self._local:
+                space.set()
+                return
             try:
                 self._loop.call_soon_threadsafe(space.set)
             except RuntimeError:  # the engine is shutting down
@@ -105,13 +119,9 @@ class Engine:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
 
     def session(self) -> aiohttp.ClientSession:
-        """The shared session; only to be used on the engine's loop."""
+        """The engine loop's session; only to be used on the engine's loop."""
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=15),
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-                auto_decompress=True,
-            )
+            self._session = _new_session()
         return self._session
 
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
@@ -133,6 +143,54 @@ class Engine:
             asyncio.run_coroutine_threadsafe(self._aclose(), self.loop).result(timeout)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
+
+
+def _new_session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=15),
+        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+        auto_decompress=True,
+    )
+
+
+# One session per caller's loop, with the generator that closes it when the loop shuts down.
+_loop_sessions: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, AsyncGenerator[None, None]]
+] = weakref.WeakKeyDictionary()
+_loop_sessions_lock = threading.Lock()
+
+
+async def _closing(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        await session.close()
+
+
+def session() -> aiohttp.ClientSession:
+    """The session for the running loop: the engine's own, or one per caller's loop.
+
+    A caller's loop may end at any time (``asyncio.run`` per call), and nothing tells a library
+    when.  But every loop that ends through ``asyncio.run`` (or ``shutdown_asyncgens``) first
+    closes the async generators started on it: the session is tied to one such generator,
+    started here, whose ``finally`` closes it.
+    """
+    loop = asyncio.get_running_loop()
+    engine = get_engine()
+    if loop is engine.loop:
+        return engine.session()
+    with _loop_sessions_lock:
+        entry = _loop_sessions.get(loop)
+        if entry is not None and not entry[0].closed:
+            return entry[0]
+        fresh = _new_session()
+        closer = _closing(fresh)
+        try:  # runs to its ``yield``; starting it registers it with the loop's shutdown
+            closer.__anext__().send(None)
+        except StopIteration:
+            pass
+        _loop_sessions[loop] = (fresh, closer)
+        return fresh
 
 
 _engine: Engine | None = None
@@ -201,7 +259,7 @@ async def _pump(
     put: Callable[[tuple[int, Any]], None],
     credit: _Credit,
 ) -> None:
-    """On the engine: run the generator, handing each item, its end or its error to ``put``."""
+    """Run the generator, handing each item, its end or its error to ``put``."""
     try:
         async for item in make():
             put((_ITEM, item))
@@ -262,55 +320,29 @@ def stream_sync(
         handoff.stop()
 
 
-async def stream_async(
+async def stream_local(
     make: Callable[[], AsyncIterator[T]], *, consumer_timeout: float | None = CONSUMER_TIMEOUT
 ) -> AsyncIterator[T]:
-    """Iterate an async generator, run on the engine, from the caller's own loop.
+    """Iterate an async generator run as a task of its own on the caller's loop.
 
-    Items cross in bursts: the engine wakes the caller's loop once per burst, not once per
-    chunk (with many concurrent streams, a wake-up per chunk delayed everyone's first token).
+    The task reads ahead (up to ``HIGH_WATER`` items), so a caller that stops reading without
+    closing the stream, as litellm 1.81's proxy does when its client leaves, still ends the
+    race after ``consumer_timeout`` and closes its connections, as on the engine.
     """
-    engine = get_engine()
     loop = asyncio.get_running_loop()
     items: collections.deque[tuple[int, Any]] = collections.deque()
-    lock = threading.Lock()
-    wake_pending = False
     wake = asyncio.Event()
-    finished = asyncio.Event()
-    credit = _Credit(engine.loop, consumer_timeout)
+    credit = _Credit(loop, consumer_timeout, local=True)
 
-    def woken() -> None:  # on the caller's loop
-        nonlocal wake_pending
-        with lock:
-            wake_pending = False
+    def put(entry: tuple[int, Any]) -> None:
+        items.append(entry)
         wake.set()
 
-    def put(entry: tuple[int, Any]) -> None:  # on the engine
-        nonlocal wake_pending
-        with lock:
-            items.append(entry)
-            if wake_pending:
-                return
-            wake_pending = True
-        try:
-            loop.call_soon_threadsafe(woken)
-        except RuntimeError:  # the caller's loop is gone; the pump is about to be cancelled
-            pass
-
-    async def pump() -> None:
-        try:
-            await _pump(make, put, credit)
-        finally:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(finished.set)
-
-    future = engine.submit(pump())
+    task = loop.create_task(_pump(make, put, credit), name="freerouter-stream")
     try:
         while True:
             while not items:
                 wake.clear()
-                if items:  # arrived between the check and the clear
-                    break
                 await wake.wait()
             kind, value = items.popleft()
             if kind == _ITEM:
@@ -321,10 +353,10 @@ async def stream_async(
             else:
                 raise value
     finally:
-        if not future.done():
-            future.cancel()
+        if not task.done():
+            task.cancel()
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(finished.wait(), CANCEL_TIMEOUT)
+                await asyncio.wait({task}, timeout=CANCEL_TIMEOUT)
 
 
 async def _signalling(make: Callable[[], Awaitable[T]], done: Callable[[], None]) -> T:
@@ -356,17 +388,17 @@ def call_sync(make: Callable[[], Awaitable[T]], *, timeout: float | None = None)
         handoff.stop()
 
 
-async def call_async(make: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine on the engine from another loop; cancelling the caller cancels it and
-    waits (bounded) until its connections are closed."""
-    loop = asyncio.get_running_loop()
+async def call_on(home: asyncio.AbstractEventLoop, make: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine on another thread's loop (the engine's) from this one; cancelling the
+    caller cancels it and waits (bounded) until its connections are closed."""
+    here = asyncio.get_running_loop()
     finished = asyncio.Event()
 
     def done() -> None:
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(finished.set)
+            here.call_soon_threadsafe(finished.set)
 
-    future = get_engine().submit(_signalling(make, done))
+    future = asyncio.run_coroutine_threadsafe(_signalling(make, done), home)
     try:
         return await asyncio.wrap_future(future)
     finally:

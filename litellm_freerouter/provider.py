@@ -116,19 +116,26 @@ def prepare(
     return body, settings
 
 
+_routers_lock = threading.Lock()
+
+
 def _router(settings: Settings) -> Router:
-    """The router for this endpoint and key (created on the engine's loop)."""
+    """The router for this endpoint and key, shared by every thread and loop of the process;
+    its home, where its catalogue is fetched and refreshed, is the engine's loop."""
     eng = engine.get_engine()
-    routers: dict[tuple[str, str], Router] = eng.state.setdefault("routers", {})
     key = (settings.base, settings.key_id)
-    router = routers.get(key)
-    if router is None:
+    with _routers_lock:
+        routers: dict[tuple[str, str], Router] = eng.state.setdefault("routers", {})
+        router = routers.get(key)
+        if router is not None:
+            return router
         store = state.open_store(settings)
         router = routers[key] = Router(
             settings.base,
-            session=eng.session,
+            session=engine.session,
             refresh_interval=settings.refresh_interval,
             health=Health(store=store),
+            home=eng.loop,
         )
         cached = store.load_catalog()
         if cached is not None and cached.models:  # answer at once; refreshed when stale
@@ -163,7 +170,7 @@ def _chunk(text: str, fields: dict[str, Any], tool_use: Any = None) -> GenericSt
 async def _generic_chunks(
     body: dict[str, Any], settings: Settings
 ) -> AsyncIterator[GenericStreamingChunk]:
-    """Runs on the engine: the winner's deltas as litellm's generic chunks, usage last."""
+    """The winner's deltas as litellm's generic chunks, usage last."""
     finish: str | None = None
     usage: Mapping[str, int] | None = None
     winner = ""
@@ -316,8 +323,7 @@ class FreeRouterLLM(CustomLLM):
                 messages, optional_params, litellm_params, api_key=api_key, api_base=api_base
             )
             answer = await _with_timeout(
-                engine.call_async(lambda: _router(settings).complete(body, settings)),
-                _seconds(timeout),
+                _router(settings).complete(body, settings), _seconds(timeout)
             )
         except (FreeRouterError, TimeoutError) as exc:
             raise _translate(exc) from None
@@ -404,7 +410,7 @@ async def _async_chunks(
         body, settings = prepare(
             messages, optional_params, litellm_params, api_key=api_key, api_base=api_base
         )
-        stream = engine.stream_async(
+        stream = engine.stream_local(
             lambda: _generic_chunks(body, settings), consumer_timeout=settings.idle_timeout
         )
         try:

@@ -1,8 +1,10 @@
 """One request from start to finish: pick the candidates, race them, stream the winner.
 
-A :class:`Router` exists per (endpoint, key) and lives on the engine's loop: it owns the
-catalogue and the health record, and turns each failure into the right consequence (cool the
-model, skip it for this request, or stop the request for the whole account).
+A :class:`Router` exists per (endpoint, key): it owns the catalogue and the health record, and
+turns each failure into the right consequence (cool the model, skip it for this request, or stop
+the request for the whole account).  Requests may run on any thread's loop at once; what
+outlives a request (the catalogue's fetch and refresh, the background reads) runs on the
+router's ``home`` loop, the engine's.
 """
 
 from __future__ import annotations
@@ -14,15 +16,16 @@ import itertools
 import json
 import logging
 import random
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
-from . import events
+from . import engine, events
 from .catalog import Catalog, FreeModel, parse_models, seed_order
 from .config import APP_TITLE, APP_URL, Settings
 from .errors import (
@@ -40,6 +43,7 @@ from .requirements import capable, requirements_of
 from .sse import Delta
 
 log = logging.getLogger("litellm_freerouter")
+T = TypeVar("T")
 
 _request_ids = itertools.count(1)
 STICKY_SLACK = 1.5  # a conversation keeps its last winner while it is within 1.5x of the best
@@ -103,15 +107,18 @@ class Router:
         refresh_interval: float,
         health: Health | None = None,
         rng: random.Random | None = None,
+        home: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.api_base = api_base.rstrip("/")
         self._session = session
+        self._home = home
         self.health = health or Health()
         self.catalog = Catalog(
             self._fetch_models, refresh_interval=refresh_interval, on_update=self._on_catalog
         )
         self._rng = rng or random.Random()
         self._sticky: OrderedDict[str, str] = OrderedDict()
+        self._sticky_lock = threading.Lock()
         self._narrowed_notice = False
         self._paced_notice = False
         self._quota_task: asyncio.Task[Any] | None = None
@@ -163,11 +170,46 @@ class Router:
                 log.info("free daily quota: %d of %d requests left", remaining, limit)
         return dict(data)
 
+    # --- the home loop ------------------------------------------------------------------------
+
+    def _away(self) -> asyncio.AbstractEventLoop | None:
+        """The home loop, when this runs on another loop."""
+        home = self._home
+        return home if home is not None and asyncio.get_running_loop() is not home else None
+
+    async def _at_home(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Run ``make()`` on the home loop, where tasks that outlive a request belong."""
+        home = self._away()
+        if home is not None:
+            return await engine.call_on(home, make)
+        return await make()
+
+    def _soon_at_home(self, action: Callable[[], None]) -> None:
+        home = self._away()
+        if home is not None:
+            home.call_soon_threadsafe(action)
+        else:
+            action()
+
+    async def models(self) -> tuple[FreeModel, ...]:
+        """The catalogue's list; fetched (and its refresh started) on the home loop."""
+        if self.catalog.needs_loop:
+            return await self._at_home(self.catalog.get)
+        return await self.catalog.get()
+
+    def _quota_due(self) -> bool:
+        task = self._quota_task
+        return task is None or (task.done() and self.catalog.stale())
+
     def _watch_quota(self, api_key: str) -> None:
-        if self._quota_task is None or (self._quota_task.done() and self.catalog.stale()):
-            self._quota_task = asyncio.get_running_loop().create_task(
-                self.read_quota(api_key), name="freerouter-quota"
-            )
+        def start() -> None:
+            if self._quota_due():
+                self._quota_task = asyncio.get_running_loop().create_task(
+                    self.read_quota(api_key), name="freerouter-quota"
+                )
+
+        if self._quota_due():
+            self._soon_at_home(start)
 
     def _on_catalog(self, models: Sequence[FreeModel]) -> None:
         """A new list: learn each model's serving provider and latency in the background."""
@@ -277,7 +319,8 @@ class Router:
             ordered.remove(pick)
             ordered.insert(min(width, len(ordered)) - 1, pick)
         if conversation is not None:
-            last = self._sticky.get(conversation)
+            with self._sticky_lock:
+                last = self._sticky.get(conversation)
             if last is not None and ordered and ordered[0].id != last:
                 best = self.health.stats(ordered[0].id).score()
                 for i, model in enumerate(ordered):
@@ -290,10 +333,11 @@ class Router:
     def _remember(self, conversation: str | None, model: str) -> None:
         if conversation is None:
             return
-        self._sticky[conversation] = model
-        self._sticky.move_to_end(conversation)
-        while len(self._sticky) > STICKY_MAX:
-            self._sticky.popitem(last=False)
+        with self._sticky_lock:
+            self._sticky[conversation] = model
+            self._sticky.move_to_end(conversation)
+            while len(self._sticky) > STICKY_MAX:
+                self._sticky.popitem(last=False)
 
     def hedge_after(self, model: FreeModel, settings: Settings) -> float:
         if settings.hedge_delay != "auto":
@@ -358,7 +402,7 @@ class Router:
         if blocked is not None:
             raise self._account_stop(blocked)
         self.catalog.refresh_interval = settings.refresh_interval
-        models = await self.catalog.get()
+        models = await self.models()
         able = capable(models, requirements_of(body))
         ready = [m for m in able if self.health.ready(m.id)]
         if not ready:

@@ -84,11 +84,28 @@ def engine_tasks() -> list[str]:
     return engine.get_engine().submit(names()).result(5)
 
 
+def caller_tasks() -> list[str]:
+    """freerouter's tasks alive on the caller's loop, when called from a coroutine: async
+    requests race there."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return []
+    me = asyncio.current_task()
+    return sorted(
+        f"{t.get_name()} {t.get_coro()!r}"
+        for t in asyncio.all_tasks()
+        if t is not me and not t.done() and t.get_name().startswith("freerouter")
+    )
+
+
 def request_tasks() -> list[str]:
-    """Engine tasks that belong to a request (the catalogue and quota owners excluded)."""
-    return [
+    """Tasks that belong to a request, on the engine (the catalogue and quota owners excluded)
+    and on the caller's loop."""
+    on_engine = [
         n for n in engine_tasks() if not n.startswith(("freerouter-catalog", "freerouter-quota"))
     ]
+    return on_engine + caller_tasks()
 
 
 def fast(model_id: str, text: str = "Hello there", delay: float = 0.0, **kw: object) -> ModelScript:

@@ -7,13 +7,15 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import litellm
 import pytest
 from aiohttp.test_utils import TestServer
 
+from litellm_freerouter import engine, events
 from litellm_freerouter.simulator import ModelScript, Simulator
 
-from .conftest import KEY, Upstream, fast, request_tasks
+from .conftest import KEY, Upstream, engine_tasks, fast, request_tasks
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 
@@ -202,3 +204,74 @@ async def test_abandoned_stream_is_cancelled_once_the_caller_stops_reading(
     assert sim.closed_by_client == 1
     assert sim.requests[0].outcome == "client_closed"
     del stream
+
+
+async def test_async_races_run_on_the_callers_loop(upstream: Upstream) -> None:
+    """acompletion races on the caller's own loop (no thread hop per step, which made many
+    concurrent streams wait for the interpreter lock); the sync API races on the engine's."""
+    upstream.sim.set_models([fast("here/a:free", "where am I")])
+    started_on: list[int] = []
+
+    def seen(event: events.Event) -> None:
+        if isinstance(event, events.ContenderStarted):
+            started_on.append(threading.get_ident())
+
+    unsubscribe = events.subscribe(seen)
+    try:
+        stream = await litellm.acompletion(model="freerouter/auto", messages=MESSAGES, stream=True)
+        assert "".join([c.choices[0].delta.content or "" async for c in stream]) == "where am I"
+        response = await litellm.acompletion(model="freerouter/auto", messages=MESSAGES)
+        assert response.choices[0].message.content == "where am I"
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: litellm.completion(model="freerouter/auto", messages=MESSAGES)
+        )
+    finally:
+        unsubscribe()
+    engine_thread = engine.get_engine()._thread.ident
+    assert started_on == [threading.get_ident()] * 2 + [engine_thread]
+    # The catalogue, fetched for the first async request, is refreshed from the engine's loop.
+    assert any(name.startswith("freerouter-catalog-refresh") for name in engine_tasks())
+    assert upstream.sim.models_fetches == 1
+    upstream.wait_idle()
+    assert request_tasks() == []
+
+
+def test_each_short_lived_loop_closes_its_own_session(upstream: Upstream) -> None:
+    """asyncio.run per call, as scripts do: every run gets an answer, the session of each
+    ended loop is closed with it, and the catalogue is fetched once for all of them."""
+    upstream.sim.set_models([fast("short/a:free", "short lived")])
+
+    async def one(stream: bool) -> tuple[str, aiohttp.ClientSession]:
+        if stream:
+            chunks = await litellm.acompletion(
+                model="freerouter/auto", messages=MESSAGES, stream=True
+            )
+            text = "".join([c.choices[0].delta.content or "" async for c in chunks])
+        else:
+            response = await litellm.acompletion(model="freerouter/auto", messages=MESSAGES)
+            text = response.choices[0].message.content
+        return text, engine.session()
+
+    sessions = []
+    for stream in (True, False, True):
+        text, session = asyncio.run(one(stream))
+        assert text == "short lived"
+        assert session.closed
+        sessions.append(session)
+    assert len({id(s) for s in sessions}) == 3
+    assert upstream.sim.models_fetches == 1
+    upstream.wait_idle()
+    assert request_tasks() == []
+
+
+async def test_one_loop_keeps_one_session(served: tuple[Simulator, TestServer]) -> None:
+    """Requests on one long-lived loop (the proxy's) share one session and its connections."""
+    sim, _ = served
+    sim.set_models([fast("keep/a:free", "kept")])
+    first = engine.session()
+    for _ in range(3):
+        response = await litellm.acompletion(model="freerouter/auto", messages=MESSAGES)
+        assert response.choices[0].message.content == "kept"
+    assert engine.session() is first
+    assert not first.closed
+    await sim.wait_idle()
