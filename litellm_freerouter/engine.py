@@ -160,10 +160,16 @@ _loop_sessions: weakref.WeakKeyDictionary[
 _loop_sessions_lock = threading.Lock()
 
 
-async def _closing(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
+async def _closing(
+    loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession
+) -> AsyncGenerator[None, None]:
     try:
         yield
     finally:
+        with _loop_sessions_lock:  # the entry holds the loop (sessions do): let it go
+            entry = _loop_sessions.get(loop)
+            if entry is not None and entry[0] is session:
+                del _loop_sessions[loop]
         await session.close()
 
 
@@ -183,8 +189,10 @@ def session() -> aiohttp.ClientSession:
         entry = _loop_sessions.get(loop)
         if entry is not None and not entry[0].closed:
             return entry[0]
+        for ended in [other for other in _loop_sessions if other.is_closed()]:
+            del _loop_sessions[ended]  # closed without shutting down: let the loop go at least
         fresh = _new_session()
-        closer = _closing(fresh)
+        closer = _closing(loop, fresh)
         try:  # runs to its ``yield``; starting it registers it with the loop's shutdown
             closer.__anext__().send(None)
         except StopIteration:
