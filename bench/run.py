@@ -83,10 +83,16 @@ def _main(argv: list[str] | None) -> int:
     import report
 
     started = time.perf_counter()
-    command = (
-        "python bench/run.py"
-        + (" " + shlex.join(argv if argv is not None else sys.argv[1:])).rstrip()
-    )
+    # The command that reproduces the figures: where they were written is no part of it.
+    given = list(argv if argv is not None else sys.argv[1:])
+    for i, arg in enumerate(given):
+        if arg == "--out":
+            del given[i : i + 2]
+            break
+        if arg.startswith("--out="):
+            del given[i]
+            break
+    command = ("python bench/run.py " + shlex.join(given)).rstrip()
     results: dict[str, object] = {
         "meta": {
             "command": command.strip(),
