@@ -11,7 +11,6 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import litellm
 import pytest
 from aiohttp.test_utils import TestServer
