@@ -232,8 +232,12 @@ async def test_async_races_run_on_the_callers_loop(upstream: Upstream) -> None:
         unsubscribe()
     engine_thread = engine.get_engine()._thread.ident
     assert started_on == [threading.get_ident()] * 2 + [engine_thread]
-    # The catalogue, fetched for the first async request, is refreshed from the engine's loop.
+    # The catalogue, fetched for the first async request, is refreshed from the engine's loop,
+    # and the key's quota is read there (engine_tasks runs after what was handed over before).
     assert any(name.startswith("freerouter-catalog-refresh") for name in engine_tasks())
+    (router,) = engine.get_engine().state["routers"].values()
+    assert router._quota_task is not None
+    assert router._quota_task.get_loop() is engine.get_engine().loop
     assert upstream.sim.models_fetches == 1
     upstream.wait_idle()
     assert request_tasks() == []

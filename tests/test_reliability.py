@@ -2,7 +2,7 @@
 
 For each fault the caller must get the right outcome (a clean fallback to a healthy model, or a
 clear error of the right class), and afterwards no upstream stream may be open and no request
-task may be pending on the engine.
+task may be pending, on the engine or on the caller's loop.
 """
 
 from __future__ import annotations
@@ -301,13 +301,21 @@ def test_bigger_prompts_never_fit_more_models(texts: list[str], extra: int) -> N
 
 
 def in_use_connections() -> int:
-    """Connections the engine's pool has handed out and not got back (private but telling)."""
+    """Connections handed out and not got back (private but telling), by the engine's pool and,
+    called from a coroutine, by the pool of the caller's loop, where async requests race."""
+
+    def acquired(session: aiohttp.ClientSession) -> int:
+        return len(getattr(session.connector, "_acquired", ()))
 
     async def count() -> int:
-        connector = engine.get_engine().session().connector
-        return len(getattr(connector, "_acquired", ()))
+        return acquired(engine.session())
 
-    return engine.get_engine().submit(count()).result(5)
+    on_engine = engine.get_engine().submit(count()).result(5)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return on_engine
+    return on_engine + acquired(engine.session())
 
 
 async def test_thousand_requests_with_random_aborts_leave_nothing_open(upstream: Upstream) -> None:
