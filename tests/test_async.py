@@ -286,21 +286,26 @@ print(json.dumps(out))
 """
 
 
-def test_short_lived_loops_close_their_sessions_and_are_let_go(upstream: Upstream) -> None:
-    """asyncio.run per call, as scripts do: every run gets an answer, the session of each
-    ended loop is closed with it, nothing of freerouter's keeps the loop, and the catalogue is
-    fetched once for all of them. A loop closed without shutting down cannot close its session,
-    but the next loop to ask for one drops it, so that closed loops do not pile up."""
-    upstream.sim.set_models([fast("short/a:free", "short lived")])
+def run_script(code: str) -> Any:
+    """Run ``code`` in a fresh interpreter with the test's environment; its last line, JSON."""
     done = subprocess.run(
-        [sys.executable, "-c", LOOPS],
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=120,
         env=dict(os.environ),
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_short_lived_loops_close_their_sessions_and_are_let_go(upstream: Upstream) -> None:
+    """asyncio.run per call, as scripts do: every run gets an answer, the session of each
+    ended loop is closed with it, nothing of freerouter's keeps the loop, and the catalogue is
+    fetched once for all of them. A loop closed without shutting down cannot close its session,
+    but the next loop to ask for one drops it, so that closed loops do not pile up."""
+    upstream.sim.set_models([fast("short/a:free", "short lived")])
+    out = run_script(LOOPS)
     assert out["texts"] == ["short lived"] * 5
     assert out["closed"] == [True] * 3
     assert out["distinct"] == 3
@@ -322,3 +327,55 @@ async def test_one_loop_keeps_one_session(served: tuple[Simulator, TestServer]) 
     assert engine.session() is first
     assert not first.closed
     await sim.wait_idle()
+
+
+THREADS = """
+import asyncio, json, threading
+import litellm
+from litellm_freerouter import engine
+
+results, errors = [], []
+start = threading.Barrier(8)
+
+async def one(i):
+    stream = await litellm.acompletion(
+        model="freerouter/auto", messages=[{"role": "user", "content": f"n{i}"}], stream=True
+    )
+    return "".join([c.choices[0].delta.content or "" async for c in stream])
+
+async def batch(t):
+    return await asyncio.gather(*(one(t * 10 + i) for i in range(5)))
+
+def worker(t):
+    start.wait()
+    try:
+        results.extend(asyncio.run(batch(t)))
+    except BaseException as exc:
+        errors.append(repr(exc))
+
+threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join(60)
+left = len(engine._loop_sessions)
+print(json.dumps({"results": results, "errors": errors, "sessions_left": left}))
+"""
+
+
+def test_threads_with_loops_of_their_own_race_at_once_from_a_cold_start(
+    upstream: Upstream,
+) -> None:
+    """Eight threads, each with its own loop and five concurrent streams, start together before
+    the catalogue is known: one fetch serves them all, every stream gets its answer, and every
+    loop's session is gone with its loop."""
+    upstream.sim.set_models(
+        [fast("t/a:free", "many loops", delay=0.05), fast("t/b:free", "slower", delay=0.5)]
+    )
+    upstream.sim.models_delay = 0.3  # all of them arrive while the first fetch is under way
+    out = run_script(THREADS)
+    assert out["errors"] == []
+    assert out["results"] == ["many loops"] * 40
+    assert out["sessions_left"] == 0
+    assert upstream.sim.models_fetches == 1
+    upstream.wait_idle()
