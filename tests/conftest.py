@@ -70,16 +70,21 @@ def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[Upstream]:
         yield Upstream(sim, thread.url, thread)
 
 
+def _alive_tasks() -> list[str]:
+    """Names of the tasks alive on the running loop (besides the one asking)."""
+    me = asyncio.current_task()
+    return sorted(
+        f"{t.get_name()} {t.get_coro()!r}"
+        for t in asyncio.all_tasks()
+        if t is not me and not t.done()
+    )
+
+
 def engine_tasks() -> list[str]:
     """Names of the tasks alive on the engine's loop (besides the one asking)."""
 
     async def names() -> list[str]:
-        me = asyncio.current_task()
-        return sorted(
-            f"{t.get_name()} {t.get_coro()!r}"
-            for t in asyncio.all_tasks()
-            if t is not me and not t.done()
-        )
+        return _alive_tasks()
 
     return engine.get_engine().submit(names()).result(5)
 
@@ -91,12 +96,7 @@ def caller_tasks() -> list[str]:
         asyncio.get_running_loop()
     except RuntimeError:
         return []
-    me = asyncio.current_task()
-    return sorted(
-        f"{t.get_name()} {t.get_coro()!r}"
-        for t in asyncio.all_tasks()
-        if t is not me and not t.done() and t.get_name().startswith("freerouter")
-    )
+    return [name for name in _alive_tasks() if name.startswith("freerouter")]
 
 
 def request_tasks() -> list[str]:
