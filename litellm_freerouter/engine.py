@@ -363,7 +363,7 @@ async def stream_local(
     finally:
         if not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait({task}, timeout=CANCEL_TIMEOUT)
 
 
