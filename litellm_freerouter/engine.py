@@ -363,8 +363,9 @@ async def stream_local(
     finally:
         if not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait({task}, timeout=CANCEL_TIMEOUT)
+            # Bounded, and given up at once if the reader is cancelled meanwhile (the task,
+            # already cancelled, still closes its connections): never swallow that.
+            await asyncio.wait({task}, timeout=CANCEL_TIMEOUT)
 
 
 async def _signalling(make: Callable[[], Awaitable[T]], done: Callable[[], None]) -> T:

@@ -379,3 +379,53 @@ def test_threads_with_loops_of_their_own_race_at_once_from_a_cold_start(
     assert out["sessions_left"] == 0
     assert upstream.sim.models_fetches == 1
     upstream.wait_idle()
+
+
+class _Stubborn:
+    """Work whose cleanup outlasts the first cancellation: it ends only on ``release``."""
+
+    def __init__(self) -> None:
+        self.cleaning = asyncio.Event()
+        self.release = asyncio.Event()
+        self.done = asyncio.Event()
+
+    async def cleanup(self) -> None:
+        self.cleaning.set()
+        while not self.release.is_set():
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                pass
+        self.done.set()
+
+    async def items(self) -> AsyncIterator[int]:
+        try:
+            yield 1
+            await asyncio.Event().wait()
+        finally:
+            await self.cleanup()
+
+
+async def test_closing_a_local_stream_gives_way_to_a_cancellation() -> None:
+    """A stream closed while its reader is cancelled ends the reader cancelled, even while the
+    stream's own cleanup still runs: the cancellation is never swallowed."""
+    work = _Stubborn()
+    went_on = asyncio.Event()
+
+    async def reader() -> None:
+        stream = engine.stream_local(work.items)
+        assert await stream.__anext__() == 1
+        await stream.aclose()  # waits (bounded) for the stubborn cleanup
+        went_on.set()
+
+    task = asyncio.create_task(reader())
+    await asyncio.wait_for(work.cleaning.wait(), 5)
+    task.cancel()
+    await asyncio.wait({task}, timeout=engine.CANCEL_TIMEOUT / 2)
+    try:
+        assert task.done(), "the reader waited out the stream's cleanup despite its cancellation"
+        assert task.cancelled()
+        assert not went_on.is_set()
+    finally:
+        work.release.set()
+        await asyncio.wait_for(work.done.wait(), 5)
