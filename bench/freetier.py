@@ -160,12 +160,12 @@ class Harness:
         self.run_id += 1
         return f"sk-or-bench-{name}-{self.run_id}"
 
-    def freerouter(self, name: str, hedge: float | str) -> Call:
+    def freerouter(self, name: str, hedge: float | str, width: int = 3) -> Call:
         import litellm
 
         key = self._key(name)
         tunables = {
-            "race_width": 3,
+            "race_width": width,
             "hedge_delay": hedge,
             "first_token_timeout": self.scaled(FIRST_TOKEN_TIMEOUT),
             "idle_timeout": self.scaled(IDLE_TIMEOUT),
@@ -352,6 +352,8 @@ def _policy_call(h: Harness, name: str) -> tuple[Call, int]:
         return h.freerouter("race", 0.0), 0
     if name == "hedged":
         return h.freerouter("hedged", "auto"), 0
+    if name.startswith("race") and name[4:].isdigit():  # racing wider: race6, race12, ...
+        return h.freerouter(name, 0.0, width=int(name[4:])), 0
     raise ValueError(name)
 
 
@@ -437,6 +439,42 @@ def across_seeds(
             f"{row['hedged']['per_answer'] or 0:.2f} req/answer"
         )
     return rows
+
+
+def wider_races(
+    params: Params, widths: list[int], progress: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
+    """freerouter racing more models at once on this run's tier, each from empty state: what a
+    wider race buys in p95 and what it costs in requests (widths past the tier's size race
+    every model)."""
+    import litellm_freerouter  # noqa: F401  (registers freerouter/auto)
+
+    tier = make_tier(params.seed, params.requests * params.mean_gap)
+    workload = Workload.poisson(params.seed, params.requests, params.mean_gap)
+    oracle_ok = [c.model is not None for c in oracle(tier, workload)]
+
+    async def measure(url: str) -> list[dict[str, Any]]:
+        h = Harness(params, tier, workload, url)
+        rows = []
+        for width in widths:
+            result = await _measure(h, f"race{width}", f"race {width} at once", workload.arrivals)
+            s = result.summary(oracle_ok)
+            rows.append(
+                {"width": min(width, len(tier.models)), "requested_width": width}
+                | {k: s[k] for k in ("success_when_healthy", "p50", "p95", "p99", "per_answer")}
+                | {"decisions": s["decisions"]}
+            )
+            progress(
+                f"  race {width}: success {s['success_when_healthy']:.1%}  p50 "
+                f"{s['p50'] or 0:.2f}s  p95 {s['p95'] or 0:.2f}s  req/answer "
+                f"{s['per_answer'] or 0:.2f}  ({result.wall:.0f} s)"
+            )
+        for handler in h.closers:
+            await handler.aclose()
+        return rows
+
+    with _tier_served(params, tier) as url:
+        return asyncio.run(measure(url))
 
 
 async def _measure(h: Harness, name: str, label: str, arrivals: tuple[float, ...]) -> PolicyResult:

@@ -59,6 +59,12 @@ def _main(argv: list[str] | None) -> int:
         help="seeds of other tiers on which the two freerouter policies run again (for the"
         " spread between tiers; '' for none; none with --quick)",
     )
+    parser.add_argument(
+        "--race-widths",
+        default="6,12,36",
+        help="wider races freerouter also runs on the main tier (36 races every model; '' for"
+        " none; none with --quick)",
+    )
     parser.add_argument("--no-proxy", action="store_true", help="skip the litellm proxy runs")
     parser.add_argument(
         "--out", type=Path, default=BENCH, help="where RESULTS.md, results.json and the charts go"
@@ -146,6 +152,10 @@ def _main(argv: list[str] | None) -> int:
         if others:
             _progress(f"  the two freerouter policies on other tiers: seeds {args.other_seeds}")
             data["across_seeds"] = freetier.across_seeds(params, others, progress=_progress)
+        widths = [] if args.quick else [int(x) for x in args.race_widths.split(",") if x.strip()]
+        if widths:
+            _progress(f"  freerouter racing wider on the main tier: {args.race_widths} at once")
+            data["wider_races"] = freetier.wider_races(params, widths, progress=_progress)
         results["freetier"] = data
         charts.freetier(data, args.out / "freetier.png")
         timed("free tier", t0)
