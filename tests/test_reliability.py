@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from litellm_freerouter import engine
+from litellm_freerouter import engine, events
 from litellm_freerouter.catalog import FreeModel
 from litellm_freerouter.requirements import capable, requirements_of
 from litellm_freerouter.simulator import ModelScript
@@ -34,8 +34,14 @@ class Fault:
     error: type[Exception] | None = None
     says: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # How the router must classify the faulty model's failure (REFERENCE.md's table): kind,
+    # scope, and the cooldown it gets (seconds at the default tunables; None: none at all).
+    kind: tuple[str, str, float | None] = ("", "", None)
 
 
+# A stall before the first token is only classified when it is met alone: raced beside a
+# healthy model, it simply loses.
+ALONE = {"race_width": 1}
 PER_DAY = {"headers": {"X-RateLimit-Reset": "4102444800000"}}
 FAULTS = [
     Fault(
@@ -47,12 +53,14 @@ FAULTS = [
         },
         litellm.RateLimitError,
         "free daily quota",
+        kind=("daily_quota", "account", None),
     ),
     Fault(
         "minute limit",
         {"status": 429, "error_message": "Rate limit exceeded: free-models-per-min"},
         litellm.RateLimitError,
         "a minute",
+        kind=("minute_limit", "account", None),
     ),
     Fault(
         "upstream rate limit",
@@ -61,67 +69,106 @@ FAULTS = [
             "error_message": "Provider returned error",
             "error_metadata": {"raw": "x:free is temporarily rate-limited upstream"},
         },
+        kind=("rate_limited", "model", 90.0),
     ),
-    Fault("model rpm", {"status": 429, "error_message": "limit_rpm/x/y: high demand"}),
     Fault(
-        "context length", {"status": 400, "error_message": "maximum context length is 10 tokens"}
+        "model rpm",
+        {"status": 429, "error_message": "limit_rpm/x/y: high demand"},
+        kind=("rate_limited", "model", 90.0),
+    ),
+    Fault(
+        "context length",
+        {"status": 400, "error_message": "maximum context length is 10 tokens"},
+        kind=("context", "request", None),
     ),
     Fault(
         "no tool support",
         {"status": 404, "error_message": "No endpoints found that support tool use"},
+        kind=("unsupported", "request", None),
     ),
     Fault(
         "data policy",
         {"status": 404, "error_message": "No endpoints found matching your data policy"},
         litellm.NotFoundError,
         "settings/privacy",
+        kind=("privacy", "account", None),
     ),
-    Fault("model gone", {"status": 404, "error_message": "No endpoints found for x."}),
+    Fault(
+        "model gone",
+        {"status": 404, "error_message": "No endpoints found for x."},
+        kind=("gone", "model", 3600.0),
+    ),
     Fault(
         "bad key",
         {"status": 401, "error_message": "No auth credentials found"},
         litellm.AuthenticationError,
         "OPENROUTER_API_KEY",
+        kind=("auth", "account", None),
     ),
     Fault(
         "no credits",
         {"status": 402, "error_message": "Insufficient credits"},
         litellm.BadRequestError,
         "credits",
+        kind=("credits", "account", None),
     ),
-    Fault("moderation", {"status": 403, "error_message": "flagged"}),
-    Fault("request timeout", {"status": 408}),
-    Fault("server error", {"status": 500}),
-    Fault("bad gateway", {"status": 502}),
-    Fault("unavailable", {"status": 503}),
-    Fault("rejected", {"status": 422}),
-    Fault("stall before token", {"stall_before_first_token": True}),
+    Fault(
+        "moderation",
+        {"status": 403, "error_message": "flagged"},
+        kind=("moderation", "request", None),
+    ),
+    Fault("request timeout", {"status": 408}, kind=("server", "model", 90.0)),
+    Fault("server error", {"status": 500}, kind=("server", "model", 90.0)),
+    Fault("bad gateway", {"status": 502}, kind=("server", "model", 90.0)),
+    Fault("unavailable", {"status": 503}, kind=("server", "model", 90.0)),
+    Fault("rejected", {"status": 422}, kind=("rejected", "model", 90.0)),
+    Fault(
+        "stall before token",
+        {"stall_before_first_token": True},
+        kind=("slow", "model", 15.0),
+        extra=ALONE,
+    ),
     Fault(
         "keepalives then stall",
         {"keepalives": 3, "keepalive_interval": 0.01, "stall_before_first_token": True},
+        kind=("slow", "model", 15.0),
+        extra=ALONE,
     ),
-    Fault("error chunk", {"error_chunk_after": 0, "error_code": 502}),
-    Fault("error chunk, string code", {"error_chunk_after": 0, "error_code": "server_error"}),
-    Fault("malformed then dropped", {"malformed_lines": 5, "drop_after_chunks": 0}),
-    Fault("reset before token", {"drop_after_chunks": 0}),
-    Fault("empty answer", {"empty": True}),
+    Fault(
+        "error chunk", {"error_chunk_after": 0, "error_code": 502}, kind=("server", "model", 90.0)
+    ),
+    Fault(
+        "error chunk, string code",
+        {"error_chunk_after": 0, "error_code": "server_error"},
+        kind=("server", "model", 90.0),
+    ),
+    Fault(
+        "malformed then dropped",
+        {"malformed_lines": 5, "drop_after_chunks": 0},
+        kind=("network", "model", 90.0),
+    ),
+    Fault("reset before token", {"drop_after_chunks": 0}, kind=("network", "model", 90.0)),
+    Fault("empty answer", {"empty": True}, kind=("empty", "model", 15.0)),
     Fault(
         "stall after token",
         {"stall_after_chunks": 1, "chunks": ("one", " two")},
         litellm.Timeout,
         "sent nothing for",
+        kind=("stalled", "model", 15.0),
     ),
     Fault(
         "reset after token",
         {"drop_after_chunks": 1, "chunks": ("one", " two")},
         litellm.ServiceUnavailableError,
         "connection lost",
+        kind=("network", "model", 90.0),
     ),
     Fault(
         "error chunk after token",
         {"error_chunk_after": 1, "chunks": ("one", " two"), "error_message": "provider crashed"},
         litellm.ServiceUnavailableError,
         "provider crashed",
+        kind=("server", "model", 90.0),
     ),
 ]
 MODES = [("sync", True), ("sync", False), ("async", True), ("async", False)]
@@ -167,17 +214,38 @@ async def test_fault(upstream: Upstream, fault: Fault, mode: str, stream: bool) 
     upstream.sim.set_models(
         [faulty, healthy] if fault.error is None or "after" not in fault.name else [faulty]
     )
-    if fault.error is None:
-        assert await call(mode, stream) == "fallback answer"
-        assert upstream.sim.calls_for("faulty/a:free") == 1
-    else:
-        with pytest.raises(Exception) as caught:
-            await call(mode, stream)
-        error = unwrap(caught.value)
-        assert isinstance(error, fault.error), repr(caught.value)
-        assert fault.says in str(error)
+    failures = failures_seen()
+    try:
+        if fault.error is None:
+            assert await call(mode, stream, **fault.extra) == "fallback answer"
+            assert upstream.sim.calls_for("faulty/a:free") == 1
+        else:
+            with pytest.raises(Exception) as caught:
+                await call(mode, stream, **fault.extra)
+            error = unwrap(caught.value)
+            assert isinstance(error, fault.error), repr(caught.value)
+            assert fault.says in str(error)
+    finally:
+        seen = failures.stop()
+    assert seen == [("faulty/a:free", *fault.kind)]
     await asyncio.to_thread(upstream.wait_idle, 5)
     assert request_tasks() == []
+
+
+class failures_seen:
+    """The router's own account of each failed contender: (model, kind, scope, cooldown)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str, float | None]] = []
+        self.stop_listening = events.subscribe(self._on_event)
+
+    def _on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.ContenderFailed):
+            self.seen.append((event.model, event.kind, event.scope, event.cooldown))
+
+    def stop(self) -> list[tuple[str, str, str, float | None]]:
+        self.stop_listening()
+        return self.seen
 
 
 AFTER_TOKEN = [f for f in FAULTS if "after token" in f.name]
@@ -197,8 +265,13 @@ async def test_fault_after_token_is_carried_on(
         "healthy/b:free", chunks=("one", " two"), first_token_delay=0.25, context_length=2000
     )
     upstream.sim.set_models([faulty, healthy])
-    assert await call(mode, stream) == "one two"
+    failures = failures_seen()
+    try:
+        assert await call(mode, stream) == "one two"
+    finally:
+        seen = failures.stop()
     assert upstream.sim.calls_for("faulty/a:free") == 1
+    assert seen == [("faulty/a:free", *fault.kind)]
     await asyncio.to_thread(upstream.wait_idle, 5)
     assert request_tasks() == []
 
