@@ -6,6 +6,7 @@ import logging
 import os
 import platform
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,28 @@ _NOISE = ("FREEROUTER_", "OPENROUTER_", "LITELLM_", "DATABASE_URL", "REDIS_")
 STATE_DIR = os.environ.get("BENCH_FREEROUTER_STATE") or tempfile.mkdtemp(
     prefix="freerouter-bench-state-"
 )
+
+
+def _parent_death_signal() -> Any:
+    """Linux's prctl(PR_SET_PDEATHSIG), looked up here (not in the forked child), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def die_with_parent() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM once the bench process is gone
+
+    return die_with_parent
+
+
+# For every process the bench starts: however the bench ends (Ctrl-C at a bad moment, kill,
+# a crash), no simulator, proxy or worker outlives it.
+DIE_WITH_PARENT = _parent_death_signal()
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -149,6 +172,7 @@ class Server:
             stdin=subprocess.DEVNULL,
             env=env or clean_env(),
             cwd=REPO,
+            preexec_fn=DIE_WITH_PARENT,
         )
         self.url = self._wait_ready(deadline)
 

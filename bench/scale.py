@@ -30,6 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
+    DIE_WITH_PARENT,
     PYTHON,
     REPO,
     clean_env,
@@ -252,6 +253,7 @@ def _run_worker(
         env=clean_env(),
         cwd=REPO,
         timeout=600,
+        preexec_fn=DIE_WITH_PARENT,
     )
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -324,6 +326,7 @@ class Proxy:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=DIE_WITH_PARENT,
             )
         self._wait()
 
