@@ -90,7 +90,12 @@ def catalog_problem(exc: CatalogUnavailable, base: str) -> str:
             f"cannot reach OpenRouter at {base} (endpoint unreachable): {detail}. Check the"
             " network or proxy, and --api-base / OPENROUTER_API_BASE"
         )
-    return f"OpenRouter's free-model list is unavailable: {exc}"
+    said = str(exc)
+    return (
+        said
+        if "free-model list" in said
+        else f"OpenRouter's free-model list is unavailable: {said}"
+    )
 
 
 def describe(exc: BaseException, base: str | None = None) -> str:

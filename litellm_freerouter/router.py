@@ -133,12 +133,21 @@ class Router:
         try:
             async with self._session().get(url, timeout=timeout) as response:
                 if response.status != 200:
-                    raise CatalogUnavailable(f"GET {url} answered {response.status}")
+                    said = _error_message(await response.read())
+                    raise CatalogUnavailable(
+                        f"could not fetch the free-model list: GET {url} answered"
+                        f" {response.status}{f' ({said})' if said else ''}"
+                    )
                 payload = await response.json(content_type=None)
         except aiohttp.ClientError as exc:
-            raise CatalogUnavailable(f"cannot reach {url}: {exc}") from None
+            raise CatalogUnavailable(
+                f"cannot reach {url} to fetch the free-model list: {exc}"
+            ) from None
         except asyncio.TimeoutError:
-            raise CatalogUnavailable(f"GET {url} timed out") from None
+            raise CatalogUnavailable(
+                f"could not fetch the free-model list: GET {url} sent nothing for"
+                f" {timeout.total:g} s"
+            ) from None
         return seed_order(parse_models(payload))
 
     async def _get_data(self, path: str, api_key: str | None) -> Mapping[str, Any] | None:
@@ -653,6 +662,21 @@ class _MidAnswer(Exception):
         super().__init__(str(error))
         self.error = error
         self.model = model
+
+
+def _error_message(raw: bytes) -> str:
+    """What an error body says, briefly: OpenRouter's ``error.message``, or its first line."""
+    text = raw.decode("utf-8", errors="replace").strip()
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if isinstance(body, Mapping):
+        error = body.get("error")
+        if isinstance(error, Mapping) and error.get("message"):
+            text = str(error["message"])
+    first = text.splitlines()[0].strip() if text else ""
+    return first[:200]
 
 
 def with_prefill(body: Mapping[str, Any], delivered: str) -> dict[str, Any]:

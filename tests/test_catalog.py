@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import litellm
 import pytest
+from aiohttp import web
 
 from litellm_freerouter.catalog import Catalog, FreeModel, is_free, parse_models, seed_order
 from litellm_freerouter.errors import CatalogUnavailable
@@ -148,3 +150,38 @@ def test_refresh_keeps_health(upstream: Upstream) -> None:
     assert engine.get_engine().submit(router.catalog.refresh()).result(5) is True
     assert upstream.sim.models_fetches == 2
     assert router.health.cooling_for("bad/a:free") > 0
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ('{"error": {"message": "Service down for maintenance", "code": 503}}', "(Service down"),
+        ("<html>Bad gateway</html>\n<body>nginx</body>", "(<html>Bad gateway</html>)"),
+        ("", None),
+    ],
+    ids=["openrouter-json", "html", "empty"],
+)
+async def test_models_failure_says_what_the_endpoint_said(
+    aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch, body: str, says: str | None
+) -> None:
+    """A failed first fetch quotes the endpoint's own message (or its first line), briefly."""
+
+    async def models(_request: web.Request) -> web.Response:
+        return web.Response(status=503, text=body)
+
+    app = web.Application()
+    app.router.add_get("/api/v1/models", models)
+    server = await aiohttp_server(app)
+    base = str(server.make_url("/api/v1"))
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-test")
+    with pytest.raises(litellm.ServiceUnavailableError) as caught:
+        await litellm.acompletion(
+            model="freerouter/auto", api_base=base, messages=[{"role": "user", "content": "x"}]
+        )
+    said = str(caught.value)
+    assert f"could not fetch the free-model list: GET {base}/models answered 503" in said
+    if says is None:
+        assert said.rstrip().endswith("answered 503"), said
+    else:
+        assert says in said, said
+    assert "nginx" not in said
