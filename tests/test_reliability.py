@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,6 +173,7 @@ FAULTS = [
     ),
 ]
 MODES = [("sync", True), ("sync", False), ("async", True), ("async", False)]
+MODE_IDS = [f"{m}-{'stream' if s else 'whole'}" for m, s in MODES]
 
 
 async def call(mode: str, stream: bool, **kwargs: Any) -> str:
@@ -203,9 +205,7 @@ def unwrap(error: BaseException) -> BaseException:
     return getattr(error, "original_exception", None) or error
 
 
-@pytest.mark.parametrize(
-    ("mode", "stream"), MODES, ids=[f"{m}-{'stream' if s else 'whole'}" for m, s in MODES]
-)
+@pytest.mark.parametrize(("mode", "stream"), MODES, ids=MODE_IDS)
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
 async def test_fault(upstream: Upstream, fault: Fault, mode: str, stream: bool) -> None:
     """Each fault gives a clean fallback or its own clear error, and leaves nothing open."""
@@ -251,9 +251,7 @@ class failures_seen:
 AFTER_TOKEN = [f for f in FAULTS if "after token" in f.name]
 
 
-@pytest.mark.parametrize(
-    ("mode", "stream"), MODES, ids=[f"{m}-{'stream' if s else 'whole'}" for m, s in MODES]
-)
+@pytest.mark.parametrize(("mode", "stream"), MODES, ids=MODE_IDS)
 @pytest.mark.parametrize("fault", AFTER_TOKEN, ids=[f.name for f in AFTER_TOKEN])
 async def test_fault_after_token_is_carried_on(
     upstream: Upstream, fault: Fault, mode: str, stream: bool
@@ -276,39 +274,82 @@ async def test_fault_after_token_is_carried_on(
     assert request_tasks() == []
 
 
-async def test_models_down_at_refresh_keeps_serving(upstream: Upstream) -> None:
+@pytest.mark.parametrize(("mode", "stream"), MODES, ids=MODE_IDS)
+async def test_models_down_at_start_is_a_clear_error(
+    upstream: Upstream, mode: str, stream: bool
+) -> None:
+    """When /models fails on first use, the call fails saying so, with the status, and no
+    model is asked anything."""
+    upstream.sim.set_models([fast("a/a:free", "never sent")])
+    upstream.sim.models_status = 503
+    with pytest.raises(Exception) as caught:
+        await call(mode, stream)
+    error = unwrap(caught.value)
+    assert isinstance(error, litellm.ServiceUnavailableError), repr(caught.value)
+    assert "could not fetch the free-model list" in str(error), str(error)
+    assert "answered 503 (No instances available)" in str(error), str(error)
+    assert upstream.sim.requests == []
+    await asyncio.to_thread(upstream.wait_idle, 5)
+    assert request_tasks() == []
+
+
+@pytest.mark.parametrize(("mode", "stream"), MODES, ids=MODE_IDS)
+async def test_models_down_at_refresh_keeps_serving(
+    upstream: Upstream, mode: str, stream: bool
+) -> None:
     """When /models fails at refresh, the last good list keeps serving."""
     from litellm_freerouter.config import load_settings
     from litellm_freerouter.provider import _router
 
     upstream.sim.set_models([fast("a/a:free", "still here")])
-    assert await call("async", True) == "still here"
+    assert await call(mode, stream) == "still here"
     upstream.sim.models_status = 503
     router = _router(load_settings())
     refreshed = await asyncio.wrap_future(engine.get_engine().submit(router.catalog.refresh()))
     assert refreshed is False
-    assert await call("async", False) == "still here"
-    assert await call("sync", True) == "still here"
+    assert upstream.sim.models_fetches == 2
+    assert await call(mode, stream) == "still here"
+    await asyncio.to_thread(upstream.wait_idle, 5)
+    assert request_tasks() == []
 
 
-def test_dns_failure_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A name that does not resolve fails the call with 'cannot reach', not a hang."""
+def refused_base() -> str:
+    """An endpoint on this machine where nothing listens: a real connection refusal."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/api/v1"
+
+
+@pytest.mark.parametrize(("mode", "stream"), MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("where", ["dns", "refused"])
+async def test_unreachable_endpoint_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, where: str, mode: str, stream: bool
+) -> None:
+    """A name that does not resolve (simulated: tests stay off the network) or a port where
+    nothing listens (real) fails the call with 'cannot reach', not a hang."""
     from aioresponses import aioresponses
 
     monkeypatch.setenv("OPENROUTER_API_KEY", "sk-test")
-    base = "http://no-such-host.invalid/api/v1"
-    dns = aiohttp.ClientConnectorError(
-        aiohttp.client_reqrep.ConnectionKey(
-            "no-such-host.invalid", 80, False, True, None, None, None
-        ),
-        OSError(-2, "Name or service not known"),
-    )
-    with aioresponses() as mocked:
-        mocked.get(f"{base}/models", exception=dns, repeat=True)
-        with pytest.raises(litellm.ServiceUnavailableError, match="cannot reach"):
-            litellm.completion(
-                model="freerouter/auto", api_base=base, messages=[{"role": "user", "content": "x"}]
-            )
+    if where == "refused":
+        base = refused_base()
+        with pytest.raises(Exception) as caught:
+            await call(mode, stream, api_base=base)
+    else:
+        base = "http://no-such-host.invalid/api/v1"
+        dns = aiohttp.ClientConnectorError(
+            aiohttp.client_reqrep.ConnectionKey(
+                "no-such-host.invalid", 80, False, True, None, None, None
+            ),
+            OSError(-2, "Name or service not known"),
+        )
+        with aioresponses() as mocked, pytest.raises(Exception) as caught:
+            mocked.get(f"{base}/models", exception=dns, repeat=True)
+            await call(mode, stream, api_base=base)
+    error = unwrap(caught.value)
+    assert isinstance(error, litellm.ServiceUnavailableError), repr(caught.value)
+    assert f"cannot reach {base}/models" in str(error)
+    assert request_tasks() == []
 
 
 # --- property tests of the request-requirement logic --------------------------------------
