@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import socket
@@ -230,18 +231,31 @@ def test_catalogue_round_trips(stores: Callable[[str], StateStore]) -> None:
 # --- Health over a shared store -----------------------------------------------------------------
 
 
-def two_healths(tmp_path: Path, clock: list[float]) -> tuple[Health, Health]:
-    make = sqlite_stores(tmp_path)
-    return (
-        Health(lambda: clock[0], store=Resilient(make("k"))),
-        Health(lambda: clock[0], store=Resilient(make("k"))),
-    )
+@pytest.fixture
+def two_healths(tmp_path: Path) -> Iterator[Callable[[list[float]], tuple[Health, Health]]]:
+    """Two Healths over one SQLite file (like two processes), closed after the test."""
+    made: list[Health] = []
+
+    def make(clock: list[float]) -> tuple[Health, Health]:
+        stores = sqlite_stores(tmp_path)
+        pair = (
+            Health(lambda: clock[0], store=Resilient(stores("k"))),
+            Health(lambda: clock[0], store=Resilient(stores("k"))),
+        )
+        made.extend(pair)
+        return pair
+
+    yield make
+    for health in made:
+        health.close()
 
 
-def test_cooldown_of_one_health_holds_in_another(tmp_path: Path) -> None:
+def test_cooldown_of_one_health_holds_in_another(
+    two_healths: Callable[[list[float]], tuple[Health, Health]],
+) -> None:
     """A cooldown recorded by one process is honoured by another after its next refresh."""
     clock = [NOW]
-    one, other = two_healths(tmp_path, clock)
+    one, other = two_healths(clock)
     one.cool("m/a:free", 90, "rate_limited")
     assert other.ready("m/a:free")  # not read yet: a request refreshes first
     other.refresh()
@@ -255,10 +269,12 @@ def test_cooldown_of_one_health_holds_in_another(tmp_path: Path) -> None:
     assert one.ready("m/a:free")
 
 
-def test_statistics_from_two_processes_add_up(tmp_path: Path) -> None:
+def test_statistics_from_two_processes_add_up(
+    two_healths: Callable[[list[float]], tuple[Health, Health]],
+) -> None:
     """Attempts, wins and first-token samples recorded by two processes are all kept."""
     clock = [NOW]
-    one, other = two_healths(tmp_path, clock)
+    one, other = two_healths(clock)
     one.record_attempt("m/a:free")
     other.record_attempt("m/a:free")
     one.record_first_token("m/a:free", 0.2)
@@ -271,10 +287,12 @@ def test_statistics_from_two_processes_add_up(tmp_path: Path) -> None:
     assert stats.failures == 1.0 and stats.successes == pytest.approx(1.8 * 0.8)
 
 
-def test_daily_quota_stop_holds_across_processes_until_the_reset(tmp_path: Path) -> None:
+def test_daily_quota_stop_holds_across_processes_until_the_reset(
+    two_healths: Callable[[list[float]], tuple[Health, Health]],
+) -> None:
     """The daily-quota block written by one process stops another until UTC midnight."""
     clock = [NOW]
-    one, other = two_healths(tmp_path, clock)
+    one, other = two_healths(clock)
     reset = next_utc_midnight(NOW)
     one.set_quota(50, 3)
     one.spend(2)
@@ -293,10 +311,12 @@ def test_daily_quota_stop_holds_across_processes_until_the_reset(tmp_path: Path)
     assert other.quota_remaining() == 50  # a new day
 
 
-def test_clearing_the_block_reaches_other_processes(tmp_path: Path) -> None:
+def test_clearing_the_block_reaches_other_processes(
+    two_healths: Callable[[list[float]], tuple[Health, Health]],
+) -> None:
     """clear_account_block() lifts the hold for every process."""
     clock = [NOW]
-    one, other = two_healths(tmp_path, clock)
+    one, other = two_healths(clock)
     one.block_account(Failure("minute_limit", "account", "slow down"), NOW + 60)
     other.refresh()
     assert other.account_block() is not None
@@ -398,8 +418,9 @@ def test_a_newer_schema_is_left_alone(tmp_path: Path, caplog: pytest.LogCaptureF
 
     directory = tmp_path / "state"
     SqliteStore(directory, "k", "c").close()
-    with sqlite3.connect(directory / FILENAME) as db:
+    with contextlib.closing(sqlite3.connect(directory / FILENAME)) as db:
         db.execute("PRAGMA user_version = 99")
+        db.commit()
     before = (directory / FILENAME).read_bytes()
     store = state.open_store(load_settings())
     assert isinstance(store, MemoryStore)
