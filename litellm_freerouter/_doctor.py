@@ -12,7 +12,14 @@ from typing import Any
 import aiohttp
 
 from . import engine, state
-from ._support import catalog_problem, describe, free_models, router_for, unreachable
+from ._support import (
+    catalog_problem,
+    describe,
+    free_models,
+    network_cause,
+    router_for,
+    unreachable,
+)
 from ._ui import Mark, Output, kind_text, ms, one_line, span
 from .catalog import FreeModel
 from .config import Settings
@@ -132,7 +139,7 @@ class Doctor:
             models = free_models(self.settings)
         except CatalogUnavailable as exc:
             if unreachable(exc):
-                cause = one_line(str(exc.__context__ or exc), 160)
+                cause = one_line(str(network_cause(exc) or exc), 160)
                 self.report(
                     "fail",
                     f"endpoint: cannot reach {base} (unreachable: {cause})",

@@ -74,28 +74,30 @@ def free_models(settings: Settings) -> tuple[FreeModel, ...]:
     return engine.call_sync(get, timeout=90)
 
 
+def network_cause(exc: BaseException) -> BaseException | None:
+    """The network error (connection, DNS, timeout) somewhere behind ``exc``, if any."""
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None:
+        if isinstance(cause, (aiohttp.ClientError, asyncio.TimeoutError, OSError)):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def unreachable(exc: CatalogUnavailable) -> bool:
     """Whether the list failed because the endpoint could not be reached at all."""
-    cause = exc.__context__
-    return isinstance(cause, (aiohttp.ClientError, asyncio.TimeoutError, OSError)) or str(
-        exc
-    ).startswith("cannot reach")
+    return network_cause(exc) is not None
 
 
 def catalog_problem(exc: CatalogUnavailable, base: str) -> str:
-    cause = exc.__context__
     if unreachable(exc):
+        cause = network_cause(exc)
         detail = str(cause) if cause is not None and str(cause) else str(exc)
         return (
             f"cannot reach OpenRouter at {base} (endpoint unreachable): {detail}. Check the"
             " network or proxy, and --api-base / OPENROUTER_API_BASE"
         )
-    said = str(exc)
-    return (
-        said
-        if "free-model list" in said
-        else f"OpenRouter's free-model list is unavailable: {said}"
-    )
+    return str(exc)  # the catalogue's own words: "could not fetch the free-model list: ..."
 
 
 def describe(exc: BaseException, base: str | None = None) -> str:

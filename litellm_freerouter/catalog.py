@@ -217,11 +217,8 @@ class Catalog:
                 )
             )
             if raise_errors and self._models is None:
-                if isinstance(exc, CatalogUnavailable):
-                    raise
-                raise CatalogUnavailable(
-                    f"could not fetch the free-model list: {self.last_error}"
-                ) from exc
+                said = str(exc) if isinstance(exc, CatalogUnavailable) else self.last_error
+                raise CatalogUnavailable(f"could not fetch the free-model list: {said}") from exc
             return False
         self._models = tuple(models)
         self.fetched_at = self._clock()

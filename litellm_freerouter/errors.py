@@ -23,6 +23,7 @@ exceptions reach litellm's classes in :func:`to_litellm` and nowhere else.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -179,6 +180,21 @@ def next_utc_midnight(now: float | None = None) -> float:
     return (now // 86400 + 1) * 86400
 
 
+def decode_error_body(raw: bytes) -> Any:
+    """An upstream error body as :func:`classify` takes it: its JSON, else its text."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", errors="replace")[:500]
+
+
+def error_message(body: Any) -> str:
+    """What an error body says: OpenRouter's ``error.message``, or the text itself."""
+    error = body.get("error") if isinstance(body, Mapping) else None
+    said = error.get("message") if isinstance(error, Mapping) else None
+    return str(said or (body if isinstance(body, str) else "") or "").strip()
+
+
 def classify(
     status: int,
     body: Any,
@@ -190,7 +206,7 @@ def classify(
     error = body.get("error") if isinstance(body, Mapping) else None
     if not isinstance(error, Mapping):
         error = {}
-    message = str(error.get("message") or (body if isinstance(body, str) else "") or "").strip()
+    message = error_message(body)
     meta = error.get("metadata") if isinstance(error.get("metadata"), Mapping) else {}
     raw = str(meta.get("raw") or "") if isinstance(meta, Mapping) else ""
     text = f"{message} {raw}"

@@ -20,7 +20,14 @@ from typing import Any
 import aiohttp
 
 from .catalog import FreeModel
-from .errors import Failure, StreamStalled, UpstreamError, classify, classify_error_chunk
+from .errors import (
+    Failure,
+    StreamStalled,
+    UpstreamError,
+    classify,
+    classify_error_chunk,
+    decode_error_body,
+)
 from .sse import Delta, SSEDecoder, is_done, parse_data
 
 log = logging.getLogger("litellm_freerouter")
@@ -106,20 +113,10 @@ class Contender:
             raise self.fail("network", f"cannot reach OpenRouter: {exc}") from None
         self._response = response
         if response.status != 200:
-            raw = await self._read_error_body(response)
-            try:
-                body: Any = json.loads(raw)
-            except ValueError:
-                body = raw.decode("utf-8", errors="replace")[:500]
+            body = decode_error_body(await read_error_body(response))
             raise UpstreamError(
                 classify(response.status, body, dict(response.headers), model=self.id)
             )
-
-    async def _read_error_body(self, response: aiohttp.ClientResponse) -> bytes:
-        try:
-            return await asyncio.wait_for(response.content.read(MAX_ERROR_BODY), 10)
-        except (asyncio.TimeoutError, aiohttp.ClientError):
-            return b""
 
     async def _next_delta(self) -> Delta | None:
         """The next meaningful chunk; None at the end of the stream."""
@@ -193,6 +190,14 @@ class Contender:
                 response.release()
             else:
                 response.close()
+
+
+async def read_error_body(response: aiohttp.ClientResponse) -> bytes:
+    """The start of an error response's body (bounded in size and time; empty if it fails)."""
+    try:
+        return await asyncio.wait_for(response.content.read(MAX_ERROR_BODY), 10)
+    except (asyncio.TimeoutError, aiohttp.ClientError):
+        return b""
 
 
 class _Watchdog:

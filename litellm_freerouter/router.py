@@ -36,9 +36,11 @@ from .errors import (
     NoModelAvailable,
     UpstreamError,
     account_message,
+    decode_error_body,
+    error_message,
 )
 from .health import Health
-from .race import AccountStop, AllFailed, Contender, encode_body, race
+from .race import AccountStop, AllFailed, Contender, encode_body, race, read_error_body
 from .requirements import capable, requirements_of
 from .sse import Delta
 
@@ -133,21 +135,16 @@ class Router:
         try:
             async with self._session().get(url, timeout=timeout) as response:
                 if response.status != 200:
-                    said = _error_message(await response.read())
+                    said = error_message(decode_error_body(await read_error_body(response)))
+                    said = said.splitlines()[0].strip()[:200] if said else ""
                     raise CatalogUnavailable(
-                        f"could not fetch the free-model list: GET {url} answered"
-                        f" {response.status}{f' ({said})' if said else ''}"
+                        f"GET {url} answered {response.status}{f' ({said})' if said else ''}"
                     )
                 payload = await response.json(content_type=None)
         except aiohttp.ClientError as exc:
-            raise CatalogUnavailable(
-                f"cannot reach {url} to fetch the free-model list: {exc}"
-            ) from None
+            raise CatalogUnavailable(f"cannot reach {url}: {exc}") from None
         except asyncio.TimeoutError:
-            raise CatalogUnavailable(
-                f"could not fetch the free-model list: GET {url} sent nothing for"
-                f" {timeout.total:g} s"
-            ) from None
+            raise CatalogUnavailable(f"GET {url} sent nothing for {timeout.total:g} s") from None
         return seed_order(parse_models(payload))
 
     async def _get_data(self, path: str, api_key: str | None) -> Mapping[str, Any] | None:
@@ -662,21 +659,6 @@ class _MidAnswer(Exception):
         super().__init__(str(error))
         self.error = error
         self.model = model
-
-
-def _error_message(raw: bytes) -> str:
-    """What an error body says, briefly: OpenRouter's ``error.message``, or its first line."""
-    text = raw.decode("utf-8", errors="replace").strip()
-    try:
-        body = json.loads(text)
-    except ValueError:
-        body = None
-    if isinstance(body, Mapping):
-        error = body.get("error")
-        if isinstance(error, Mapping) and error.get("message"):
-            text = str(error["message"])
-    first = text.splitlines()[0].strip() if text else ""
-    return first[:200]
 
 
 def with_prefill(body: Mapping[str, Any], delivered: str) -> dict[str, Any]:
