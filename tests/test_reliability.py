@@ -205,6 +205,17 @@ def unwrap(error: BaseException) -> BaseException:
     return getattr(error, "original_exception", None) or error
 
 
+async def failure_of(
+    mode: str, stream: bool, expected: type[Exception], **kwargs: Any
+) -> BaseException:
+    """The error the call ends with (unwrapped), which must be an ``expected``."""
+    with pytest.raises(Exception) as caught:
+        await call(mode, stream, **kwargs)
+    error = unwrap(caught.value)
+    assert isinstance(error, expected), repr(caught.value)
+    return error
+
+
 @pytest.mark.parametrize(("mode", "stream"), MODES, ids=MODE_IDS)
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
 async def test_fault(upstream: Upstream, fault: Fault, mode: str, stream: bool) -> None:
@@ -220,10 +231,7 @@ async def test_fault(upstream: Upstream, fault: Fault, mode: str, stream: bool) 
             assert await call(mode, stream, **fault.extra) == "fallback answer"
             assert upstream.sim.calls_for("faulty/a:free") == 1
         else:
-            with pytest.raises(Exception) as caught:
-                await call(mode, stream, **fault.extra)
-            error = unwrap(caught.value)
-            assert isinstance(error, fault.error), repr(caught.value)
+            error = await failure_of(mode, stream, fault.error, **fault.extra)
             assert fault.says in str(error)
     finally:
         seen = failures.stop()
@@ -282,10 +290,7 @@ async def test_models_down_at_start_is_a_clear_error(
     model is asked anything."""
     upstream.sim.set_models([fast("a/a:free", "never sent")])
     upstream.sim.models_status = 503
-    with pytest.raises(Exception) as caught:
-        await call(mode, stream)
-    error = unwrap(caught.value)
-    assert isinstance(error, litellm.ServiceUnavailableError), repr(caught.value)
+    error = await failure_of(mode, stream, litellm.ServiceUnavailableError)
     assert "could not fetch the free-model list" in str(error), str(error)
     assert "answered 503 (No instances available)" in str(error), str(error)
     assert upstream.sim.requests == []
@@ -333,8 +338,7 @@ async def test_unreachable_endpoint_is_a_clear_error(
     monkeypatch.setenv("OPENROUTER_API_KEY", "sk-test")
     if where == "refused":
         base = refused_base()
-        with pytest.raises(Exception) as caught:
-            await call(mode, stream, api_base=base)
+        error = await failure_of(mode, stream, litellm.ServiceUnavailableError, api_base=base)
     else:
         base = "http://no-such-host.invalid/api/v1"
         dns = aiohttp.ClientConnectorError(
@@ -343,11 +347,9 @@ async def test_unreachable_endpoint_is_a_clear_error(
             ),
             OSError(-2, "Name or service not known"),
         )
-        with aioresponses() as mocked, pytest.raises(Exception) as caught:
+        with aioresponses() as mocked:
             mocked.get(f"{base}/models", exception=dns, repeat=True)
-            await call(mode, stream, api_base=base)
-    error = unwrap(caught.value)
-    assert isinstance(error, litellm.ServiceUnavailableError), repr(caught.value)
+            error = await failure_of(mode, stream, litellm.ServiceUnavailableError, api_base=base)
     assert f"cannot reach {base}/models" in str(error)
     assert request_tasks() == []
 
