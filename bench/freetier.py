@@ -151,6 +151,11 @@ class Harness:
         self.run_id = 0
         self.closers: list[Any] = []  # anything holding a session on this loop
 
+    async def aclose(self) -> None:
+        """Close what holds a session on this loop: none may outlive it."""
+        for handler in self.closers:
+            await handler.aclose()
+
     # -- the policies -----------------------------------------------------------------------
 
     def scaled(self, seconds: float) -> float:
@@ -406,12 +411,17 @@ def _tier_served(params: Params, tier: Tier) -> Iterator[str]:
         tier_file.unlink(missing_ok=True)
 
 
+def _drawn(params: Params) -> tuple[Tier, Workload, list[OracleChoice]]:
+    """The tier and workload of ``params.seed``, and the oracle's choice for each request."""
+    tier = make_tier(params.seed, params.requests * params.mean_gap)
+    workload = Workload.poisson(params.seed, params.requests, params.mean_gap)
+    return tier, workload, oracle(tier, workload)
+
+
 def run(params: Params, progress: Callable[[str], None] = print) -> dict[str, Any]:
     import litellm_freerouter  # noqa: F401  (registers freerouter/auto)
 
-    tier = make_tier(params.seed, params.requests * params.mean_gap)
-    workload = Workload.poisson(params.seed, params.requests, params.mean_gap)
-    oracle_choices = oracle(tier, workload)
+    tier, workload, oracle_choices = _drawn(params)
     with _tier_served(params, tier) as url:
         return asyncio.run(_run_all(params, tier, workload, oracle_choices, url, progress))
 
@@ -426,9 +436,7 @@ def across_seeds(
     rows = []
     for seed in seeds:
         p = dataclasses.replace(params, seed=seed)
-        tier = make_tier(seed, p.requests * p.mean_gap)
-        workload = Workload.poisson(seed, p.requests, p.mean_gap)
-        oracle_choices = oracle(tier, workload)
+        tier, workload, oracle_choices = _drawn(p)
         with _tier_served(p, tier) as url:
             row = asyncio.run(_run_freerouter(p, tier, workload, oracle_choices, url))
         rows.append(row)
@@ -449,9 +457,8 @@ def wider_races(
     every model)."""
     import litellm_freerouter  # noqa: F401  (registers freerouter/auto)
 
-    tier = make_tier(params.seed, params.requests * params.mean_gap)
-    workload = Workload.poisson(params.seed, params.requests, params.mean_gap)
-    oracle_ok = [c.model is not None for c in oracle(tier, workload)]
+    tier, workload, oracle_choices = _drawn(params)
+    oracle_ok = [c.model is not None for c in oracle_choices]
 
     async def measure(url: str) -> list[dict[str, Any]]:
         h = Harness(params, tier, workload, url)
@@ -469,8 +476,7 @@ def wider_races(
                 f"{s['p50'] or 0:.2f}s  p95 {s['p95'] or 0:.2f}s  req/answer "
                 f"{s['per_answer'] or 0:.2f}  ({result.wall:.0f} s)"
             )
-        for handler in h.closers:
-            await handler.aclose()
+        await h.aclose()
         return rows
 
     with _tier_served(params, tier) as url:
@@ -495,8 +501,7 @@ async def _run_freerouter(
     for name in ("race", "hedged"):
         summary = (await _measure(h, name, name, workload.arrivals)).summary(oracle_ok)
         row[name] = {k: summary[k] for k in ("success_when_healthy", "p50", "p95", "per_answer")}
-    for handler in h.closers:
-        await handler.aclose()
+    await h.aclose()
     row["oracle_p95"] = percentile([c.ttft for c in oracle_choices if c.ttft is not None], 95)
     for line in _informed_lines(tier, workload):
         row[line["name"]] = {"p95": line["p95"], "per_answer": line["per_answer"]}
@@ -613,8 +618,7 @@ async def _run_all(
             f"p95 {s['p95'] or 0:.2f}s"
         )
         extra.append(s)
-    for handler in h.closers:  # no session may outlive this loop
-        await handler.aclose()
+    await h.aclose()
     return {
         "params": params.__dict__,
         "tier": tier.to_json(),
