@@ -381,45 +381,33 @@ def test_threads_with_loops_of_their_own_race_at_once_from_a_cold_start(
     upstream.wait_idle()
 
 
-class _Stubborn:
-    """Work whose cleanup outlasts the first cancellation: it ends only on ``release``."""
-
-    def __init__(self) -> None:
-        self.cleaning = asyncio.Event()
-        self.release = asyncio.Event()
-        self.done = asyncio.Event()
-
-    async def cleanup(self) -> None:
-        self.cleaning.set()
-        while not self.release.is_set():
-            try:
-                await self.release.wait()
-            except asyncio.CancelledError:
-                pass
-        self.done.set()
-
-    async def items(self) -> AsyncIterator[int]:
-        try:
-            yield 1
-            await asyncio.Event().wait()
-        finally:
-            await self.cleanup()
-
-
 async def test_closing_a_local_stream_gives_way_to_a_cancellation() -> None:
     """A stream closed while its reader is cancelled ends the reader cancelled, even while the
     stream's own cleanup still runs: the cancellation is never swallowed."""
-    work = _Stubborn()
+    cleaning, release, cleaned = asyncio.Event(), asyncio.Event(), asyncio.Event()
     went_on = asyncio.Event()
 
+    async def items() -> AsyncIterator[int]:
+        try:
+            yield 1
+            await asyncio.Event().wait()
+        finally:  # a cleanup that outlasts the first cancellation: it ends only on release
+            cleaning.set()
+            while not release.is_set():
+                try:
+                    await release.wait()
+                except asyncio.CancelledError:
+                    pass
+            cleaned.set()
+
     async def reader() -> None:
-        stream = engine.stream_local(work.items)
+        stream = engine.stream_local(items)
         assert await stream.__anext__() == 1
         await stream.aclose()  # waits (bounded) for the stubborn cleanup
         went_on.set()
 
     task = asyncio.create_task(reader())
-    await asyncio.wait_for(work.cleaning.wait(), 5)
+    await asyncio.wait_for(cleaning.wait(), 5)
     task.cancel()
     await asyncio.wait({task}, timeout=engine.CANCEL_TIMEOUT / 2)
     try:
@@ -427,5 +415,5 @@ async def test_closing_a_local_stream_gives_way_to_a_cancellation() -> None:
         assert task.cancelled()
         assert not went_on.is_set()
     finally:
-        work.release.set()
-        await asyncio.wait_for(work.done.wait(), 5)
+        release.set()
+        await asyncio.wait_for(cleaned.wait(), 5)
