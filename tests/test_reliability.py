@@ -37,7 +37,7 @@ class Fault:
     extra: dict[str, Any] = field(default_factory=dict)
     # How the router must classify the faulty model's failure (REFERENCE.md's table): kind,
     # scope, and the cooldown it gets (seconds at the default tunables; None: none at all).
-    kind: tuple[str, str, float | None] = ("", "", None)
+    kind: tuple[str, str, float | None] = field(kw_only=True)
 
 
 # A stall before the first token is only classified when it is met alone: raced beside a
