@@ -29,6 +29,7 @@ from tier import (
     COOLDOWN_SLOW,
     FIRST_TOKEN_TIMEOUT,
     IDLE_TIMEOUT,
+    WAIT_FOR_MODEL,
     OracleChoice,
     Tier,
     Workload,
@@ -177,6 +178,7 @@ class Harness:
             "cooldown_rate_limit": self.scaled(COOLDOWN_RATE_LIMIT),
             "cooldown_slow": self.scaled(COOLDOWN_SLOW),
             "cooldown_rejected": self.scaled(COOLDOWN_REJECTED),
+            "wait_for_model": self.scaled(WAIT_FOR_MODEL),
             "refresh_interval": 3600.0,
             # The tier does not simulate OpenRouter's account-wide free requests a minute, so
             # pacing to it would only narrow the race here without sparing any refusal.

@@ -262,10 +262,10 @@ def _freetier_section(ft: dict[str, Any]) -> list[str]:
         f"simulated s on average, the same sequence for every policy. Time runs {1 / scale:g}x "
         f"faster than real (`time_scale={scale:g}`): every delay, timeout and cooldown is "
         "scaled (freerouter's `first_token_timeout`/`idle_timeout` 30 s, cooldowns 90/15/90 s, "
-        "its ranking constants for an unmeasured model and for a failure, the 60 s window of "
-        "a model's stated per-minute limit, and its 50 ms floor on a hedge's delay; LiteLLM's "
-        "`timeout`, `stream_timeout` and `cooldown_time`; the seed's 30 s / 90-15-90 s). "
-        "All times below are simulated seconds.",
+        "its 30 s `wait_for_model`, its ranking constants for an unmeasured model and for a "
+        "failure, the 60 s window of a model's stated per-minute limit, and its 50 ms floor on "
+        "a hedge's delay; LiteLLM's `timeout`, `stream_timeout` and `cooldown_time`; the seed's "
+        "30 s / 90-15-90 s). All times below are simulated seconds.",
         "",
         "**Policies**, all called through litellm from one process:",
         "- *LiteLLM Router*: `litellm.Router` with every free model as an `openrouter/<id>` "

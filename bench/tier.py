@@ -27,6 +27,7 @@ IDLE_TIMEOUT = 30.0
 COOLDOWN_RATE_LIMIT = 90.0
 COOLDOWN_SLOW = 15.0
 COOLDOWN_REJECTED = 90.0
+WAIT_FOR_MODEL = 30.0
 RATE_WINDOW = 60.0  # a per-model limit counts requests in the last minute
 
 REQUEST_TAG = re.compile(rb"\[bench req (\d+)\]")

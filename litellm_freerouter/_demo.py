@@ -33,6 +33,7 @@ TUNABLES: dict[str, Any] = {
     "cooldown_rate_limit": 90.0,
     "cooldown_slow": 15.0,
     "cooldown_rejected": 90.0,
+    "wait_for_model": 30.0,
 }
 # The scripted delays at half speed: the same story, told in a few seconds.
 TIME_SCALE = 0.5

@@ -126,6 +126,17 @@ class RaceView:
                         (f" {out.sym('·', '-')} {consequence}", "dim"),
                     ]
                 )
+        elif isinstance(event, events.Waiting):
+            if not self.quiet:
+                models = "model returns" if event.cooling == 1 else f"of {event.cooling} returns"
+                wait = f"{event.seconds:.1f} s" if event.seconds < 10 else span(event.seconds)
+                out.parts(
+                    [
+                        (self._at(event.request_id), "dim"),
+                        ("  wait   ", "cyan"),
+                        (f"{wait} until the first cooling {models}", None),
+                    ]
+                )
         elif isinstance(event, events.Winner):
             record = self._record(event.request_id)
             record.winner, record.first_token = event.model, event.first_token

@@ -43,6 +43,9 @@ class Settings:
     cooldown_rate_limit: float = 90.0
     cooldown_slow: float = 15.0
     cooldown_rejected: float = 90.0
+    # When every model that could serve a request is cooling down (or has failed it) and one
+    # returns within this many seconds, the request waits for it instead of failing (0: never).
+    wait_for_model: float = 30.0
     # 0 starts every contender at once; "auto" hedges on each model's measured first-token time.
     hedge_delay: float | str = 0.0
     # Below this many remaining daily free requests, the race narrows to one contender.
@@ -70,6 +73,7 @@ class Settings:
             "cooldown_rate_limit",
             "cooldown_slow",
             "cooldown_rejected",
+            "wait_for_model",
         ):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):

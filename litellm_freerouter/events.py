@@ -106,6 +106,21 @@ class Finished(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class Waiting(Event):
+    request_id: str
+    seconds: float  # until the first of the cooling models returns
+    cooling: int  # models that could serve the request and have not failed it
+
+    def message(self) -> str:
+        models = "model" if self.cooling == 1 else "models"
+        return (
+            f"[{self.request_id}] every free model that can serve this request is cooling down"
+            f" or has failed it; waiting {self.seconds:.1f} s for the first of {self.cooling}"
+            f" {models} to return"
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class CatalogRefreshed(Event):
     count: int
     ok: bool
@@ -163,6 +178,8 @@ __all__ = [
     "Event",
     "Finished",
     "RaceStarted",
+    "Resumed",
+    "Waiting",
     "Winner",
     "emit",
     "subscribe",

@@ -401,26 +401,64 @@ class Router:
             )
         )
 
-    async def candidates(self, body: Mapping[str, Any], settings: Settings) -> list[FreeModel]:
-        """The free models that can serve ``body`` and are not cooling down, best first."""
+    async def _able(self, body: Mapping[str, Any], settings: Settings) -> list[FreeModel]:
+        """The free models that can serve ``body``, cooling or not; raises while the account
+        is stopped."""
         self.health.refresh()  # what other processes learnt since: cooldowns, limits, speed
         blocked = self.health.account_block()
         if blocked is not None:
             raise self._account_stop(blocked)
         self.catalog.refresh_interval = settings.refresh_interval
-        models = await self.models()
-        able = capable(models, requirements_of(body))
+        return capable(await self.models(), requirements_of(body))
+
+    async def candidates(self, body: Mapping[str, Any], settings: Settings) -> list[FreeModel]:
+        """The free models that can serve ``body`` and are not cooling down, best first."""
+        able = await self._able(body, settings)
         ready = [m for m in able if self.health.ready(m.id)]
         if not ready:
-            wait = self.health.next_ready_in(m.id for m in able)
-            first = f"; the first returns in {wait:.0f} s" if wait is not None else ""
-            raise NoModelAvailable(
-                f"all {len(able)} free models that can serve this request are cooling down"
-                f" after recent failures{first}",
-                cooling=len(able),
-                next_ready_in=wait,
-            )
+            raise self._all_cooling(able, None)
         return ready
+
+    def _all_cooling(self, able: Sequence[FreeModel], waited: float | None) -> NoModelAvailable:
+        wait = self.health.next_ready_in(m.id for m in able)
+        first = f"; the first returns in {wait:.0f} s" if wait is not None else ""
+        if wait is not None and waited is not None:
+            first += f", later than a request waits (FREEROUTER_WAIT_FOR_MODEL, {waited:g} s)"
+        return NoModelAvailable(
+            f"all {len(able)} free models that can serve this request are cooling down"
+            f" after recent failures{first}",
+            cooling=len(able),
+            next_ready_in=wait,
+        )
+
+    async def _ready_or_wait(
+        self,
+        body: Mapping[str, Any],
+        settings: Settings,
+        request_id: str,
+        tried: set[str],
+        deadline: float,
+    ) -> list[FreeModel]:
+        """The models that can serve ``body``, are not in ``tried`` and are not cooling down.
+
+        When there are none but one of them returns before ``deadline`` (the loop's clock), the
+        request waits for it: a short cooldown, such as a model's own per-minute window, costs
+        a few seconds instead of a failed call. Raises :class:`NoModelAvailable` otherwise.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            able = await self._able(body, settings)
+            untried = [m for m in able if m.id not in tried]
+            ready = [m for m in untried if self.health.ready(m.id)]
+            if ready:
+                return ready
+            if not untried:
+                raise NoModelAvailable("no other free model is ready to carry this answer on")
+            wait = self.health.next_ready_in(m.id for m in untried)
+            if wait is None or loop.time() + wait > deadline:
+                raise self._all_cooling(untried, settings.wait_for_model)
+            events.emit(events.Waiting(request_id, wait, len(untried)))
+            await asyncio.sleep(wait)
 
     def _width(self, settings: Settings) -> int:
         width = settings.race_width
@@ -461,15 +499,13 @@ class Router:
         yields (winning model, delta); a failure after the first token raises _MidAnswer."""
         api_key = settings.require_key()
         self.api_key = api_key
-        ordered_ready = [m for m in await self.candidates(body, settings) if m.id not in failed]
-        if not ordered_ready:
-            raise NoModelAvailable("no other free model is ready to carry this answer on")
-        self._watch_quota(api_key)
-        width = self._width(settings)
-        conversation = conversation_key(body.get("messages") or [])
-        ordered = self.rank(ordered_ready, settings, conversation, width)
         loop = asyncio.get_running_loop()
-        race_start = loop.time()
+        deadline = loop.time() + settings.wait_for_model
+        # Every model this request has tried (and the ones it broke off on): a model is asked
+        # at most once, so that waiting for a cooldown never spends quota on a known failure.
+        tried = set(failed)
+        failures: list[Failure] = []
+        conversation = conversation_key(body.get("messages") or [])
         headers = {
             "Authorization": f"Bearer {api_key}",
             "Content-Type": "application/json",
@@ -480,6 +516,7 @@ class Router:
         }
         url = f"{self.api_base}/chat/completions"
         session = self._session()
+        race_start = loop.time()
 
         def make(model: FreeModel, now: float) -> Contender:
             payload = dict(body, model=model.id, stream=True)
@@ -494,27 +531,42 @@ class Router:
             )
 
         def on_start(contender: Contender) -> None:
+            tried.add(contender.id)
             self.health.record_attempt(contender.id)
             self.health.spend()
             events.emit(events.ContenderStarted(request_id, contender.id, loop.time() - race_start))
 
-        events.emit(
-            events.RaceStarted(request_id, tuple(m.id for m in ordered[:width]), len(ordered))
-        )
-        try:
-            outcome = await race(
-                ordered,
-                make=make,
-                width=width,
-                first_token_timeout=settings.first_token_timeout,
-                hedge_after=lambda m: self.hedge_after(m, settings),
-                on_start=on_start,
-                on_failure=lambda f: self._handle_failure(f, settings, request_id),
+        while True:
+            try:
+                ready = await self._ready_or_wait(body, settings, request_id, tried, deadline)
+            except NoModelAvailable:
+                if failures:  # models failed this request, and no other returns in time
+                    raise AllModelsFailed(failures) from None
+                raise
+            self._watch_quota(api_key)
+            width = self._width(settings)
+            ordered = self.rank(ready, settings, conversation, width)
+            race_start = loop.time()
+            events.emit(
+                events.RaceStarted(request_id, tuple(m.id for m in ordered[:width]), len(ordered))
             )
-        except AccountStop as stop:
-            raise self._account_stop(stop.failure) from None
-        except AllFailed as failed:
-            raise AllModelsFailed(failed.failures) from None
+            try:
+                outcome = await race(
+                    ordered,
+                    make=make,
+                    width=width,
+                    first_token_timeout=settings.first_token_timeout,
+                    hedge_after=lambda m: self.hedge_after(m, settings),
+                    on_start=on_start,
+                    on_failure=lambda f: self._handle_failure(f, settings, request_id),
+                )
+            except AccountStop as stop:
+                raise self._account_stop(stop.failure) from None
+            except AllFailed as failed_race:
+                # Every ready model failed. Another may still come back in time (below).
+                failures.extend(failed_race.failures)
+                continue
+            break
 
         winner = outcome.winner
         first_token = (winner.first_token_at or loop.time()) - winner.started

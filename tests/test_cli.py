@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pty
+import re
 import signal
 import socket
 import subprocess
@@ -338,6 +339,24 @@ def test_chat_when_every_model_fails_ends_in_one_error_line(api: Upstream) -> No
     assert result.stdout == ""
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("freerouter: error: all 3 free models tried for this request failed")
+
+
+def test_chat_shows_a_wait_for_a_cooling_model(api: Upstream) -> None:
+    """The only model is cooling and returns in moments: the race view says the request waits,
+    then the answer comes."""
+    from litellm_freerouter.config import load_settings
+    from litellm_freerouter.provider import _router
+
+    api.sim.set_models([fast(WINNER, "after a pause")])
+    _router(load_settings()).health.cool(WINNER, 0.5, "slow")
+    result = invoke(["chat", "hi"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "after a pause\n"
+    lines = result.stderr.splitlines()
+    waits = [line for line in lines if "wait   " in line]
+    assert len(waits) == 1, result.stderr
+    assert re.search(r"wait   0\.[1-5] s until the first cooling model returns$", waits[0])
+    assert lines.index(waits[0]) < next(i for i, line in enumerate(lines) if "won    " in line)
 
 
 def test_chat_invalid_setting_is_one_line(api: Upstream) -> None:

@@ -21,6 +21,7 @@ def test_defaults_match_the_documented_contract() -> None:
     )
     assert (s.cooldown_rate_limit, s.cooldown_slow, s.cooldown_rejected) == (90, 15, 90)
     assert s.hedge_delay == 0 and s.api_base == DEFAULT_API_BASE and s.api_key is None
+    assert s.wait_for_model == 30
 
 
 def test_every_tunable_reads_its_environment_variable() -> None:
@@ -40,6 +41,7 @@ def test_every_tunable_reads_its_environment_variable() -> None:
         "FREEROUTER_EXPLORE": "0.5",
         "FREEROUTER_RESUME": "0",
         "FREEROUTER_REQUESTS_PER_MINUTE": "0",
+        "FREEROUTER_WAIT_FOR_MODEL": "4.5",
     }
     s = load_settings(environ=env)
     assert (s.race_width, s.first_token_timeout, s.idle_timeout, s.refresh_interval) == (
@@ -56,7 +58,7 @@ def test_every_tunable_reads_its_environment_variable() -> None:
         0.5,
     )
     assert s.redis_url == "redis://127.0.0.1:1/0"
-    assert s.resume == 0 and s.requests_per_minute == 0
+    assert s.resume == 0 and s.requests_per_minute == 0 and s.wait_for_model == 4.5
     assert {f"FREEROUTER_{t.upper()}" for t in TUNABLES} == set(env)
 
 
@@ -84,6 +86,7 @@ def test_precedence_arguments_then_params_then_environment() -> None:
         ("hedge_delay", "sometimes", "invalid value 'sometimes' for hedge_delay"),
         ("cooldown_slow", "nan", "cooldown_slow must be a non-negative number"),
         ("explore", 2, "explore must be between 0 and 1"),
+        ("wait_for_model", -1, "wait_for_model must be a non-negative number of seconds"),
         ("resume", -1, "resume must not be negative"),
         ("requests_per_minute", -5, "requests_per_minute must not be negative"),
         ("resume", "twice", "invalid value 'twice' for resume (FREEROUTER_RESUME)"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -351,6 +352,136 @@ async def test_unreachable_endpoint_is_a_clear_error(
             mocked.get(f"{base}/models", exception=dns, repeat=True)
             error = await failure_of(mode, stream, litellm.ServiceUnavailableError, api_base=base)
     assert f"cannot reach {base}/models" in str(error)
+    assert request_tasks() == []
+
+
+# --- waiting for a model that returns ------------------------------------------------------
+
+
+class waits_seen:
+    """The seconds of each wait the router announced (events.Waiting)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.started = threading.Event()
+        self.stop = events.subscribe(self._on_event)
+
+    def _on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Waiting):
+            self.seconds.append(event.seconds)
+            self.started.set()
+
+
+def cool(model: str, seconds: float) -> None:
+    """Bench ``model`` for ``seconds`` in the router's shared state, as an earlier failure of
+    another request (or another process) would."""
+    from litellm_freerouter.config import load_settings
+    from litellm_freerouter.provider import _router
+
+    _router(load_settings()).health.cool(model, seconds, "slow")
+
+
+@pytest.mark.parametrize(("mode", "stream"), MODES, ids=MODE_IDS)
+async def test_a_request_waits_for_a_cooling_model_that_returns_soon(
+    upstream: Upstream, mode: str, stream: bool
+) -> None:
+    """Every model cooling, the first back within FREEROUTER_WAIT_FOR_MODEL: the request says
+    it waits, waits, and is answered, instead of failing."""
+    upstream.sim.set_models([fast("only/a:free", "worth the wait")])
+    cool("only/a:free", 0.4)
+    waits = waits_seen()
+    try:
+        assert await call(mode, stream) == "worth the wait"
+    finally:
+        waits.stop()
+    assert len(waits.seconds) == 1 and 0 < waits.seconds[0] <= 0.4
+    assert upstream.sim.calls_for("only/a:free") == 1
+    await asyncio.to_thread(upstream.wait_idle, 5)
+    assert request_tasks() == []
+
+
+@pytest.mark.parametrize(("mode", "stream"), MODES, ids=MODE_IDS)
+@pytest.mark.parametrize(("cooling", "extra"), [(60.0, {}), (0.4, {"wait_for_model": 0})])
+async def test_a_request_fails_at_once_when_no_model_returns_in_time(
+    upstream: Upstream, mode: str, stream: bool, cooling: float, extra: dict[str, Any]
+) -> None:
+    """A cooldown longer than the request waits (30 s by default; 0: never waits) fails the
+    call at once, without a request upstream, saying when the first model returns and why
+    the request did not wait for it."""
+    upstream.sim.set_models([fast("only/a:free", "never sent")])
+    cool("only/a:free", cooling)
+    waits = waits_seen()
+    try:
+        error = await failure_of(mode, stream, litellm.ServiceUnavailableError, **extra)
+    finally:
+        waits.stop()
+    assert "all 1 free models that can serve this request are cooling down" in str(error)
+    assert "later than a request waits (FREEROUTER_WAIT_FOR_MODEL" in str(error), str(error)
+    assert waits.seconds == [] and upstream.sim.requests == []
+    assert request_tasks() == []
+
+
+@pytest.mark.parametrize(("mode", "stream"), MODES, ids=MODE_IDS)
+async def test_a_race_whose_models_all_failed_waits_for_one_that_returns(
+    upstream: Upstream, mode: str, stream: bool
+) -> None:
+    """The only ready model fails; another, cooling, returns within the wait: the request waits
+    for it and is answered by it. The failed one is not asked again."""
+    upstream.sim.set_models(
+        [
+            ModelScript("broken/a:free", context_length=1000, status=503),
+            fast("back/b:free", "answered after the wait", context_length=2000),
+        ]
+    )
+    cool("back/b:free", 0.4)
+    waits = waits_seen()
+    failures = failures_seen()
+    try:
+        assert await call(mode, stream) == "answered after the wait"
+    finally:
+        waits.stop()
+        seen = failures.stop()
+    assert seen == [("broken/a:free", "server", "model", 90.0)]
+    assert len(waits.seconds) == 1
+    assert upstream.sim.called_models() == ["broken/a:free", "back/b:free"]
+    await asyncio.to_thread(upstream.wait_idle, 5)
+    assert request_tasks() == []
+
+
+@pytest.mark.parametrize(("mode", "stream"), MODES, ids=MODE_IDS)
+async def test_a_model_that_failed_a_request_is_never_asked_again_by_it(
+    upstream: Upstream, mode: str, stream: bool
+) -> None:
+    """A model whose cooldown after failing would end within the wait is not waited for: the
+    same request never spends quota on a model that has just failed it."""
+    upstream.sim.set_models([ModelScript("broken/a:free", status=503)])
+    waits = waits_seen()
+    try:
+        await failure_of(mode, stream, litellm.ServiceUnavailableError, cooldown_rate_limit=0.2)
+    finally:
+        waits.stop()
+    assert waits.seconds == []
+    assert upstream.sim.calls_for("broken/a:free") == 1
+    assert request_tasks() == []
+
+
+async def test_a_request_cancelled_while_it_waits_leaves_nothing_behind(
+    upstream: Upstream,
+) -> None:
+    """A caller that gives up while its request waits for a model: the wait ends with it,
+    nothing was sent, no task is left."""
+    upstream.sim.set_models([fast("only/a:free", "never sent")])
+    cool("only/a:free", 20.0)
+    waits = waits_seen()
+    try:
+        request = asyncio.ensure_future(call("async", True))
+        assert await asyncio.to_thread(waits.started.wait, 10)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+    finally:
+        waits.stop()
+    assert upstream.sim.requests == []
     assert request_tasks() == []
 
 
