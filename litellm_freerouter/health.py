@@ -376,9 +376,17 @@ class Health:
                 limit_rpm=stats.limit_rpm,
             )
 
-    def next_ready_in(self, models: Iterable[str]) -> float | None:
+    def back_in(self, model: str) -> float:
+        """Seconds until ``model`` may be asked again (0: now): the end of its cooldown, or of
+        its known per-minute limit, which a request sent before then would only meet as a 429
+        that still counts against the day's quota."""
         with self._lock:
-            waits = [self.cooling_for(m) for m in models]
+            return max(self.cooling_for(model), self.limit_wait(model))
+
+    def next_ready_in(self, models: Iterable[str]) -> float | None:
+        """Seconds until the first of ``models`` may be asked again; None if one may now."""
+        with self._lock:
+            waits = [self.back_in(m) for m in models]
         waits = [w for w in waits if w > 0]
         return min(waits) if waits else None
 

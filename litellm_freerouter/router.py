@@ -308,15 +308,7 @@ class Router:
     ) -> list[FreeModel]:
         """Best expected first-token time first; some exploration; the conversation's winner."""
         position = {m.id: i for i, m in enumerate(models)}
-        # A model at its own per-minute limit would answer 429: it goes last until it frees up.
-        ordered = sorted(
-            models,
-            key=lambda m: (
-                self.health.limit_wait(m.id) > 0,
-                self.health.stats(m.id).score(),
-                position[m.id],
-            ),
-        )
+        ordered = sorted(models, key=lambda m: (self.health.stats(m.id).score(), position[m.id]))
         unmeasured = [m for m in ordered[width:] if not self.health.stats(m.id).measured]
         # Explore in the last slot of a real race only: the best models still run beside it.
         if width > 1 and unmeasured and self._rng.random() < settings.explore:
@@ -411,22 +403,16 @@ class Router:
         self.catalog.refresh_interval = settings.refresh_interval
         return capable(await self.models(), requirements_of(body))
 
-    async def candidates(self, body: Mapping[str, Any], settings: Settings) -> list[FreeModel]:
-        """The free models that can serve ``body`` and are not cooling down, best first."""
-        able = await self._able(body, settings)
-        ready = [m for m in able if self.health.ready(m.id)]
-        if not ready:
-            raise self._all_cooling(able, None)
-        return ready
-
-    def _all_cooling(self, able: Sequence[FreeModel], waited: float | None) -> NoModelAvailable:
+    def _all_cooling(self, able: Sequence[FreeModel], waited: float) -> NoModelAvailable:
         wait = self.health.next_ready_in(m.id for m in able)
+        at_limit = any(self.health.cooling_for(m.id) <= 0 for m in able)
+        why = " or at their per-minute limit" if at_limit else ""
         first = f"; the first returns in {wait:.0f} s" if wait is not None else ""
-        if wait is not None and waited is not None:
+        if wait is not None:
             first += f", later than a request waits (FREEROUTER_WAIT_FOR_MODEL, {waited:g} s)"
         return NoModelAvailable(
             f"all {len(able)} free models that can serve this request are cooling down"
-            f" after recent failures{first}",
+            f" after recent failures{why}{first}",
             cooling=len(able),
             next_ready_in=wait,
         )
@@ -439,7 +425,8 @@ class Router:
         tried: set[str],
         deadline: float,
     ) -> list[FreeModel]:
-        """The models that can serve ``body``, are not in ``tried`` and are not cooling down.
+        """The models that can serve ``body``, are not in ``tried``, are not cooling down and
+        are under their known per-minute limit.
 
         When there are none but one of them returns before ``deadline`` (the loop's clock), the
         request waits for it: a short cooldown, such as a model's own per-minute window, costs
@@ -449,7 +436,7 @@ class Router:
         while True:
             able = await self._able(body, settings)
             untried = [m for m in able if m.id not in tried]
-            ready = [m for m in untried if self.health.ready(m.id)]
+            ready = [m for m in untried if self.health.back_in(m.id) <= 0]
             if ready:
                 return ready
             if not untried:

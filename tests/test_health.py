@@ -172,8 +172,11 @@ def test_a_models_per_minute_limit_paces_this_process() -> None:
     health.refused("m:free", 2)
     assert health.stats("m:free").limit_rpm == 2
     assert health.limit_wait("m:free") == 50  # the first request leaves the minute in 50 s
+    assert health.back_in("m:free") == 50 and health.next_ready_in(["m:free"]) == 50
+    health.cool("m:free", 70, "rate_limited")
+    assert health.back_in("m:free") == 70  # the later of the cooldown and the limit
     clock.now += 50
-    assert health.limit_wait("m:free") == 0
+    assert health.limit_wait("m:free") == 0 and health.back_in("m:free") == 20
     health.refused("n:free", None)  # a 429 without a stated limit teaches no limit
     assert health.stats("n:free").limit_rpm is None
 

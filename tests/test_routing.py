@@ -384,20 +384,30 @@ def test_a_model_at_its_stated_limit_rests_only_until_its_minute_frees(
     assert 50 < health.cooling_for("lim/a:free") <= 60
 
 
-def test_a_model_at_its_limit_ranks_last_until_its_minute_frees() -> None:
-    clock = [0.0]
-    r = make_router(clock)
-    r.health.record_first_token("m/0:free", 0.1)  # by far the fastest
-    r.health.record_first_token("m/1:free", 0.9)
-    r.health.record_attempt("m/0:free")
-    r.health.record_attempt("m/0:free")
-    r.health.refused("m/0:free", 1)  # the second was refused: its limit is 1 a minute
-    assert [m.id for m in r.rank(MODELS[:2], Settings(explore=0), None, 1)] == [
-        "m/1:free",
-        "m/0:free",
-    ]
-    clock[0] += 61
-    assert r.rank(MODELS[:2], Settings(explore=0), None, 1)[0].id == "m/0:free"
+def test_a_model_at_its_known_limit_is_not_asked_until_its_minute_frees(
+    upstream: Upstream,
+) -> None:
+    """A model this account has already sent its stated per-minute limit is left out of the
+    race, however wide: asking it would only meet a 429 that still counts against the day.
+    When it is all that is left and its minute frees later than a request waits, the call
+    fails at once, sending nothing."""
+    upstream.sim.set_models(
+        [
+            fast("lim/a:free", "limited", context_length=1000),
+            fast("ok/b:free", "other", context_length=2000, delay=0.2),
+        ]
+    )
+    health = router().health
+    health.record_attempt("lim/a:free")
+    health.record_attempt("lim/a:free")
+    health.refused("lim/a:free", 1)  # its limit is 1 a minute, and 1 was sent just now
+    assert health.cooling_for("lim/a:free") == 0 and 59 < health.back_in("lim/a:free") <= 60
+    assert ask(race_width=3).choices[0].message.content == "other"
+    assert upstream.sim.called_models() == ["ok/b:free"]
+    health.cool("ok/b:free", 600, "rate_limited")
+    with pytest.raises(litellm.ServiceUnavailableError, match="or at their per-minute limit"):
+        ask(race_width=3)
+    assert upstream.sim.called_models() == ["ok/b:free"]
 
 
 def test_the_race_narrows_to_stay_under_the_accounts_minute_limit(
