@@ -179,6 +179,8 @@ def cli(
 def _state(view: ModelView) -> tuple[str, str]:
     if view.cooling_for > 0:
         return "cooling", f"cooling {span(view.cooling_for)} ({kind_text(view.cool_reason)})"
+    if view.limit_wait > 0:
+        return "at_limit", f"at its {view.limit_rpm}/min limit for {span(view.limit_wait)}"
     if view.measured or view.attempts:
         return "ready", f"ready ({view.limit_rpm}/min)" if view.limit_rpm else "ready"
     return "never_tried", "never tried"
@@ -207,10 +209,10 @@ async def _models_report(
         q = router.health.quota
         if q.limit is not None and q.remaining is not None:
             quota = (q.remaining, q.limit)
-    # The order the next race would try them in; cooling ones last.
+    # The order the next race would try them in; the ones it would leave out last.
     ranked = router.rank(models, replace(settings, explore=0.0), None, settings.race_width)
     rows = [_Row(m, router.health.view(m.id), router.health.stats(m.id).prior_ttft) for m in ranked]
-    rows.sort(key=lambda row: row.view.cooling_for > 0)
+    rows.sort(key=lambda row: row.view.cooling_for > 0 or row.view.limit_wait > 0)
     return rows, quota
 
 
@@ -235,7 +237,7 @@ def models(app: App, as_json: bool) -> None:
     for row in rows:
         model, view = row.model, row.view
         state, state_text = _state(view)
-        style = {"ready": "green", "cooling": "yellow"}.get(state, "dim")
+        style = {"ready": "green", "cooling": "yellow", "at_limit": "yellow"}.get(state, "dim")
         table.append(
             [
                 (model.id, None),
@@ -287,6 +289,7 @@ def _as_json(row: _Row) -> dict[str, Any]:
         "wins": view.wins,
         "attempts": view.attempts,
         "limit_rpm": view.limit_rpm,
+        "limit_frees_in_seconds": round(view.limit_wait, 1) if view.limit_wait > 0 else None,
     }
 
 

@@ -163,6 +163,7 @@ class ModelView:
     wins: int
     attempts: int
     limit_rpm: int | None = None  # the model's own requests a minute, once a 429 said it
+    limit_wait: float = 0.0  # seconds until its minute frees, when that limit is used up
 
 
 class Health:
@@ -374,6 +375,7 @@ class Health:
                 wins=stats.wins,
                 attempts=stats.attempts,
                 limit_rpm=stats.limit_rpm,
+                limit_wait=self.limit_wait(model),
             )
 
     def back_in(self, model: str) -> float:

@@ -568,3 +568,24 @@ def test_models_shows_a_models_stated_per_minute_limit(api: Upstream) -> None:
     assert rows["lim/a:free"]["limit_rpm"] == 8
     assert rows[WINNER]["limit_rpm"] is None
     assert rows["lim/a:free"]["state"] == "cooling"  # this process had not used it up
+    assert rows["lim/a:free"]["limit_frees_in_seconds"] is None
+
+
+def test_models_shows_a_model_whose_limit_is_used_up(api: Upstream) -> None:
+    """A model sent its stated limit in the last minute is shown as at its limit, with when it
+    frees, and listed after the ones the next race would ask."""
+    from litellm_freerouter.config import load_settings
+    from litellm_freerouter.provider import _router
+
+    api.sim.set_models(
+        [fast("lim/a:free", context_length=1000), fast(WINNER, context_length=2000, delay=0.05)]
+    )
+    health = _router(load_settings()).health
+    health.record_attempt("lim/a:free")
+    health.record_attempt("lim/a:free")
+    health.refused("lim/a:free", 1)
+    rows = json.loads(invoke(["models", "--json"]).stdout)
+    assert [row["id"] for row in rows] == [WINNER, "lim/a:free"]
+    assert rows[1]["state"] == "at_limit" and 59 < rows[1]["limit_frees_in_seconds"] <= 60
+    shown = invoke(["models"]).stdout
+    assert re.search(r"lim/a:free .* at its 1/min limit for (59|60) s", shown), shown
