@@ -353,6 +353,23 @@ def _spending(policy: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _best_known_note(ft: dict[str, Any], p95: float | None, who: str, goal: float) -> str:
+    """The goal's other reading: the oracle as the fastest model known to be healthy, without
+    this request's luck (the best-known line)."""
+    known = ft.get("best_known") or {}
+    ratio = _ratio(p95, known.get("p95"))
+    if ratio is None:
+        return ""
+    line = (
+        " Read as the fastest model known to be healthy, with none of this request's luck (the "
+        f"best-known line, p95 {fmt(known['p95'])} s), the oracle is one {who} "
+    )
+    if ratio > goal:
+        return line + f"misses at {ratio:.2f}x (goal {goal:g}x)."
+    beats = ", quicker than the best single pick" if ratio < 1 else ""
+    return line + f"meets at {ratio:.2f}x (goal {goal:g}x){beats}."
+
+
 def _freetier_reading(ft: dict[str, Any]) -> list[str]:
     oracle = ft["oracle"]
     pol = {p["name"]: p for p in ft["policies"]}
@@ -406,6 +423,7 @@ def _freetier_reading(ft: dict[str, Any]) -> list[str]:
                 "rates and limits as it goes, is "
                 f"{fmt(_ratio(race['p95'], ideal_race['p95']))}x that line."
             )
+        text += _best_known_note(ft, race["p95"], "freerouter racing", GOALS["race_p95"])
         bullets.append(text)
     resumed = race.get("resumed") or 0
     mended = (
@@ -469,6 +487,7 @@ def _freetier_reading(ft: dict[str, Any]) -> list[str]:
                 f"({fmt(_ratio(ideal_hedged['p95'], o95))}x the oracle); freerouter is "
                 f"{fmt(_ratio(hedged['p95'], ideal_hedged['p95']))}x that."
             )
+        text += _best_known_note(ft, hedged["p95"], "freerouter hedged", GOALS["hedged_p95"])
         bullets.append(text)
     router = pol["router"]
     bullets.append(
@@ -612,7 +631,10 @@ def _wider_races(ft: dict[str, Any]) -> list[str]:
         f"{verdict}, and it spends {fmt(best['per_answer'])} requests per answer. Each model "
         f"allows only {min(rpms)}-{max(rpms)} requests a minute and the workload asks "
         f"{60 / ft['params']['mean_gap']:.0f} a minute, so the wider the race, the more of its "
-        "contenders are refused or already at their limit.",
+        "contenders meet a model's limit. freerouter learns a limit from the model's first "
+        "refusal (the last column) and from then on leaves the model out while its minute is "
+        "full; a request that finds every model cooling down or at its limit waits for the "
+        "first to return (`wait_for_model`) rather than failing.",
         "",
     ]
     return out
