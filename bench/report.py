@@ -634,10 +634,21 @@ def _wider_races(ft: dict[str, Any]) -> list[str]:
         "contenders meet a model's limit. freerouter learns a limit from the model's first "
         "refusal (the last column) and from then on leaves the model out while its minute is "
         "full; a request that finds every model cooling down or at its limit waits for the "
-        "first to return (`wait_for_model`) rather than failing.",
+        "first to return (`wait_for_model`) rather than failing." + _short_widths(table),
         "",
     ]
     return out
+
+
+def _short_widths(table: list[dict[str, Any]]) -> str:
+    short = [str(r["width"]) for r in table if r["success_when_healthy"] < 1.0]
+    if not short:
+        return ""
+    return (
+        f" At {' and '.join(short)} at once not every request was answered: such a race's own "
+        "refusals and failures cool most models together, and a request whose untried models "
+        "all return later than it waits fails (as traced in a re-run with the router's events)."
+    )
 
 
 def _scale_section(sc: dict[str, Any]) -> list[str]:
