@@ -267,7 +267,8 @@ class Health:
             return max(0.0, stats.cooling_until - self.clock()) if stats else 0.0
 
     def ready(self, model: str) -> bool:
-        return self.cooling_for(model) <= 0
+        """May ``model`` be asked now: not cooling down, and under its known per-minute limit."""
+        return self.back_in(model) <= 0
 
     def record_attempt(self, model: str) -> None:
         now = self.clock()

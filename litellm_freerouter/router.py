@@ -436,7 +436,7 @@ class Router:
         while True:
             able = await self._able(body, settings)
             untried = [m for m in able if m.id not in tried]
-            ready = [m for m in untried if self.health.back_in(m.id) <= 0]
+            ready = [m for m in untried if self.health.ready(m.id)]
             if ready:
                 return ready
             if not untried:

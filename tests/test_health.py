@@ -173,6 +173,7 @@ def test_a_models_per_minute_limit_paces_this_process() -> None:
     assert health.stats("m:free").limit_rpm == 2
     assert health.limit_wait("m:free") == 50  # the first request leaves the minute in 50 s
     assert health.back_in("m:free") == 50 and health.next_ready_in(["m:free"]) == 50
+    assert not health.ready("m:free") and health.cooling_for("m:free") == 0
     health.cool("m:free", 70, "rate_limited")
     assert health.back_in("m:free") == 70  # the later of the cooldown and the limit
     clock.now += 50
