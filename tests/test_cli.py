@@ -573,7 +573,7 @@ def test_models_shows_a_models_stated_per_minute_limit(api: Upstream) -> None:
 
 def test_models_shows_a_model_whose_limit_is_used_up(api: Upstream) -> None:
     """A model sent its stated limit in the last minute is shown as at its limit, with when it
-    frees, and listed after the ones the next race would ask."""
+    frees, listed after the ones the next race would ask, and in `state show`."""
     from litellm_freerouter.config import load_settings
     from litellm_freerouter.provider import _router
 
@@ -589,3 +589,9 @@ def test_models_shows_a_model_whose_limit_is_used_up(api: Upstream) -> None:
     assert rows[1]["state"] == "at_limit" and 59 < rows[1]["limit_frees_in_seconds"] <= 60
     shown = invoke(["models"]).stdout
     assert re.search(r"lim/a:free .* at its 1/min limit for (59|60) s", shown), shown
+    state = invoke(["state", "show"]).stdout
+    assert re.search(
+        r"at their per-minute limit: 1\n +lim/a:free: (59|60) s more \(1 a minute\)", state
+    )
+    (entry,) = json.loads(invoke(["state", "show", "--json"]).stdout)["at_limit"]
+    assert entry["model"] == "lim/a:free" and entry["limit_rpm"] == 1

@@ -123,6 +123,13 @@ class Cooling:
 
 
 @dataclass(frozen=True, slots=True)
+class AtLimit:
+    model: str
+    seconds: float  # until the oldest request sent to it leaves the minute
+    limit_rpm: int
+
+
+@dataclass(frozen=True, slots=True)
 class StateReport:
     """What the shared state says, at one moment."""
 
@@ -130,6 +137,8 @@ class StateReport:
     where: str  # the file, or the Redis URL without its password
     problem: str | None  # why the configured backend is not (fully) in use
     cooling: tuple[Cooling, ...]
+    # Models not cooling whose stated per-minute limit is used up: left out of races for now.
+    at_limit: tuple[AtLimit, ...]
     blocked: str | None  # the failure kind stopping every call (daily_quota, minute_limit)
     blocked_for: float  # seconds until calls resume
     quota_remaining: int | None
@@ -165,6 +174,12 @@ class StateReport:
             )
         else:
             out.append("  cooling down: none")
+        if self.at_limit:
+            out.append(f"  at their per-minute limit: {len(self.at_limit)}")
+            out.extend(
+                f"    {a.model}: {_span(a.seconds)} more ({a.limit_rpm} a minute)"
+                for a in self.at_limit
+            )
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -175,6 +190,10 @@ class StateReport:
             "cooling": [
                 {"model": c.model, "seconds": round(c.seconds, 1), "reason": c.reason}
                 for c in self.cooling
+            ],
+            "at_limit": [
+                {"model": a.model, "seconds": round(a.seconds, 1), "limit_rpm": a.limit_rpm}
+                for a in self.at_limit
             ],
             "blocked": self.blocked,
             "blocked_seconds": round(self.blocked_for, 1) if self.blocked else None,
@@ -206,6 +225,18 @@ def describe(settings: Settings, now: float | None = None) -> StateReport:
                 key=lambda c: c.model,
             )
         )
+        at_limit = tuple(
+            sorted(
+                (
+                    AtLimit(name, health.limit_wait(name), health.stats(name).limit_rpm or 0)
+                    for (space, name) in snapshot
+                    if space == MODEL
+                    and health.cooling_for(name) <= 0
+                    and health.limit_wait(name) > 0
+                ),
+                key=lambda a: a.model,
+            )
+        )
         block = health.account_block()
         quota = health.quota
         cached = store.load_catalog()
@@ -214,6 +245,7 @@ def describe(settings: Settings, now: float | None = None) -> StateReport:
             where=store.where,
             problem=store.problem,
             cooling=cooling,
+            at_limit=at_limit,
             blocked=None if block is None else block.kind,
             blocked_for=health.account_blocked_for(),
             quota_remaining=health.quota_remaining(),
