@@ -128,13 +128,18 @@ class RaceView:
                 )
         elif isinstance(event, events.Waiting):
             if not self.quiet:
-                models = "model returns" if event.cooling == 1 else f"of {event.cooling} returns"
                 wait = f"{event.seconds:.1f} s" if event.seconds < 10 else span(event.seconds)
+                if not event.cooling:
+                    what = f"{wait} until the account's free requests a minute free up"
+                elif event.cooling == 1:
+                    what = f"{wait} until the cooling model returns"
+                else:
+                    what = f"{wait} until the first of {event.cooling} cooling models returns"
                 out.parts(
                     [
                         (self._at(event.request_id), "dim"),
                         ("  wait   ", "cyan"),
-                        (f"{wait} until the first cooling {models}", None),
+                        (what, None),
                     ]
                 )
         elif isinstance(event, events.Winner):

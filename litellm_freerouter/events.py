@@ -108,10 +108,15 @@ class Finished(Event):
 @dataclass(frozen=True, slots=True)
 class Waiting(Event):
     request_id: str
-    seconds: float  # until the first of the cooling models returns
-    cooling: int  # models that could serve the request and have not failed it
+    seconds: float  # until the first of the cooling models returns, or the account's minute
+    cooling: int  # models that could serve the request and have not failed it; 0: the account
 
     def message(self) -> str:
+        if not self.cooling:
+            return (
+                f"[{self.request_id}] the account's free requests a minute are used up;"
+                f" waiting {self.seconds:.1f} s for the minute to free"
+            )
         models = "model" if self.cooling == 1 else "models"
         return (
             f"[{self.request_id}] every free model that can serve this request is cooling down"

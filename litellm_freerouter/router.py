@@ -394,12 +394,7 @@ class Router:
         )
 
     async def _able(self, body: Mapping[str, Any], settings: Settings) -> list[FreeModel]:
-        """The free models that can serve ``body``, cooling or not; raises while the account
-        is stopped."""
-        self.health.refresh()  # what other processes learnt since: cooldowns, limits, speed
-        blocked = self.health.account_block()
-        if blocked is not None:
-            raise self._account_stop(blocked)
+        """The free models that can serve ``body``, cooling or not."""
         self.catalog.refresh_interval = settings.refresh_interval
         return capable(await self.models(), requirements_of(body))
 
@@ -431,9 +426,20 @@ class Router:
         When there are none but one of them returns before ``deadline`` (the loop's clock), the
         request waits for it: a short cooldown, such as a model's own per-minute window, costs
         a few seconds instead of a failed call. Raises :class:`NoModelAvailable` otherwise.
+        Calls held for the account's free requests a minute wait the same way; any other
+        account-wide stop raises at once.
         """
         loop = asyncio.get_running_loop()
         while True:
+            self.health.refresh()  # what other processes learnt since: cooldowns, limits, speed
+            blocked = self.health.account_block()
+            if blocked is not None:
+                held = self.health.account_blocked_for()
+                if blocked.kind != "minute_limit" or loop.time() + held > deadline:
+                    raise self._account_stop(blocked)
+                events.emit(events.Waiting(request_id, held, 0))
+                await asyncio.sleep(held)
+                continue
             able = await self._able(body, settings)
             untried = [m for m in able if m.id not in tried]
             ready = [m for m in untried if self.health.ready(m.id)]
@@ -492,6 +498,7 @@ class Router:
         # at most once, so that waiting for a cooldown never spends quota on a known failure.
         tried = set(failed)
         failures: list[Failure] = []
+        failed_here: set[str] = set()  # models that failed this request (not account stops)
         conversation = conversation_key(body.get("messages") or [])
         headers = {
             "Authorization": f"Bearer {api_key}",
@@ -516,6 +523,11 @@ class Router:
                 started=now,
                 idle_timeout=settings.idle_timeout,
             )
+
+        def on_failure(failure: Failure) -> None:
+            if failure.scope != "account" and failure.model:
+                failed_here.add(failure.model)
+            self._handle_failure(failure, settings, request_id)
 
         def on_start(contender: Contender) -> None:
             tried.add(contender.id)
@@ -545,10 +557,15 @@ class Router:
                     first_token_timeout=settings.first_token_timeout,
                     hedge_after=lambda m: self.hedge_after(m, settings),
                     on_start=on_start,
-                    on_failure=lambda f: self._handle_failure(f, settings, request_id),
+                    on_failure=on_failure,
                 )
             except AccountStop as stop:
-                raise self._account_stop(stop.failure) from None
+                if stop.failure.kind != "minute_limit":
+                    raise self._account_stop(stop.failure) from None
+                # The account's minute is used up: the race's other contenders were cancelled,
+                # not failed, and may be asked again once the minute frees (if it does in time).
+                tried = set(failed) | failed_here
+                continue
             except AllFailed as failed_race:
                 # Every ready model failed. Another may still come back in time (below).
                 failures.extend(failed_race.failures)

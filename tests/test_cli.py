@@ -355,8 +355,25 @@ def test_chat_shows_a_wait_for_a_cooling_model(api: Upstream) -> None:
     lines = result.stderr.splitlines()
     waits = [line for line in lines if "wait   " in line]
     assert len(waits) == 1, result.stderr
-    assert re.search(r"wait   0\.[1-5] s until the first cooling model returns$", waits[0])
+    assert re.search(r"wait   0\.[1-5] s until the cooling model returns$", waits[0])
     assert lines.index(waits[0]) < next(i for i, line in enumerate(lines) if "won    " in line)
+
+
+def test_race_view_says_what_a_wait_is_for() -> None:
+    """A wait for cooling models and a wait for the account's minute read differently."""
+    from litellm_freerouter import events
+    from litellm_freerouter._race_view import RaceView
+
+    stream = io.StringIO()
+    view = RaceView(Output(stream, fancy=False), clock=lambda: 0.0)
+    view(events.Waiting("fr1", 2.5, 4))
+    view(events.Waiting("fr1", 0.8, 1))
+    view(events.Waiting("fr1", 45.0, 0))
+    assert [line.split("wait   ")[1] for line in stream.getvalue().splitlines()] == [
+        "2.5 s until the first of 4 cooling models returns",
+        "0.8 s until the cooling model returns",
+        "45 s until the account's free requests a minute free up",
+    ]
 
 
 def test_chat_invalid_setting_is_one_line(api: Upstream) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import random
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -359,16 +360,22 @@ async def test_unreachable_endpoint_is_a_clear_error(
 
 
 class waits_seen:
-    """The seconds of each wait the router announced (events.Waiting)."""
+    """The seconds of each wait the router announced (events.Waiting), and for how many
+    models (0: the account's minute); ``then`` runs as each is announced, before the wait."""
 
-    def __init__(self) -> None:
+    def __init__(self, then: Callable[[], None] | None = None) -> None:
         self.seconds: list[float] = []
+        self.cooling: list[int] = []
         self.started = threading.Event()
+        self.then = then
         self.stop = events.subscribe(self._on_event)
 
     def _on_event(self, event: events.Event) -> None:
         if isinstance(event, events.Waiting):
             self.seconds.append(event.seconds)
+            self.cooling.append(event.cooling)
+            if self.then is not None:
+                self.then()
             self.started.set()
 
 
@@ -462,6 +469,34 @@ async def test_a_model_that_failed_a_request_is_never_asked_again_by_it(
         waits.stop()
     assert waits.seconds == []
     assert upstream.sim.calls_for("broken/a:free") == 1
+    assert request_tasks() == []
+
+
+@pytest.mark.parametrize(("mode", "stream"), MODES, ids=MODE_IDS)
+async def test_calls_held_for_the_accounts_minute_wait_when_it_frees_in_time(
+    upstream: Upstream, mode: str, stream: bool
+) -> None:
+    """The account's free requests a minute are used up, and the 429 says they free in 1 s:
+    the request waits for the minute (not failing with 'try again in 1 s') and then asks the
+    model again, which answers this time."""
+    minute = {
+        "status": 429,
+        "error_message": "Rate limit exceeded: free-models-per-min. ",
+        "error_headers": {"Retry-After": "1"},
+    }
+    upstream.sim.set_models([ModelScript("only/a:free", **minute)])
+    # The moment the wait is announced, the minute has freed upstream.
+    waits = waits_seen(then=lambda: upstream.sim.set_models([fast("only/a:free", "freed")]))
+    failures = failures_seen()
+    try:
+        assert await call(mode, stream) == "freed"
+    finally:
+        waits.stop()
+        seen = failures.stop()
+    assert seen == [("only/a:free", "minute_limit", "account", None)]
+    assert waits.cooling == [0] and 0 < waits.seconds[0] <= 1
+    assert upstream.sim.calls_for("only/a:free") == 2
+    await asyncio.to_thread(upstream.wait_idle, 5)
     assert request_tasks() == []
 
 
