@@ -497,8 +497,7 @@ class Router:
         # Every model this request has tried (and the ones it broke off on): a model is asked
         # at most once, so that waiting for a cooldown never spends quota on a known failure.
         tried = set(failed)
-        failures: list[Failure] = []
-        failed_here: set[str] = set()  # models that failed this request (not account stops)
+        failures: list[Failure] = []  # of the models that failed this request, in order
         conversation = conversation_key(body.get("messages") or [])
         headers = {
             "Authorization": f"Bearer {api_key}",
@@ -510,7 +509,6 @@ class Router:
         }
         url = f"{self.api_base}/chat/completions"
         session = self._session()
-        race_start = loop.time()
 
         def make(model: FreeModel, now: float) -> Contender:
             payload = dict(body, model=model.id, stream=True)
@@ -525,8 +523,8 @@ class Router:
             )
 
         def on_failure(failure: Failure) -> None:
-            if failure.scope != "account" and failure.model:
-                failed_here.add(failure.model)
+            if failure.scope != "account":
+                failures.append(failure)
             self._handle_failure(failure, settings, request_id)
 
         def on_start(contender: Contender) -> None:
@@ -564,12 +562,10 @@ class Router:
                     raise self._account_stop(stop.failure) from None
                 # The account's minute is used up: the race's other contenders were cancelled,
                 # not failed, and may be asked again once the minute frees (if it does in time).
-                tried = set(failed) | failed_here
+                tried = set(failed) | {f.model for f in failures if f.model}
                 continue
-            except AllFailed as failed_race:
-                # Every ready model failed. Another may still come back in time (below).
-                failures.extend(failed_race.failures)
-                continue
+            except AllFailed:
+                continue  # every ready model failed; another may still come back in time
             break
 
         winner = outcome.winner
