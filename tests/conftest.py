@@ -11,11 +11,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pytest
 
 from litellm_freerouter import engine
 from litellm_freerouter.simulator import ModelScript, Simulator, SimulatorThread
+
+if TYPE_CHECKING:
+    from litellm_freerouter.router import Router
 
 KEY = "sk-or-test-0123456789abcdef"
 
@@ -44,6 +48,14 @@ def fresh_routers() -> Iterator[None]:
             await router.aclose()
 
     eng.submit(drop()).result(10)
+
+
+def env_router() -> Router:
+    """The router a call made with this test's environment (endpoint, key, state) uses."""
+    from litellm_freerouter.config import load_settings
+    from litellm_freerouter.provider import _router
+
+    return _router(load_settings())
 
 
 @dataclass

@@ -13,7 +13,7 @@ from litellm_freerouter.catalog import Catalog, FreeModel, is_free, parse_models
 from litellm_freerouter.errors import CatalogUnavailable
 from litellm_freerouter.simulator import ModelScript
 
-from .conftest import Upstream, fast
+from .conftest import Upstream, env_router, fast
 
 FREE = {"prompt": "0", "completion": "0", "request": "0", "image": "0"}
 
@@ -136,8 +136,6 @@ def test_models_endpoint_down_at_start(upstream: Upstream) -> None:
 def test_refresh_keeps_health(upstream: Upstream) -> None:
     """A refreshed list keeps what was learned: a cooling model stays cooling."""
     from litellm_freerouter import engine
-    from litellm_freerouter.config import load_settings
-    from litellm_freerouter.provider import _router
 
     upstream.sim.set_models(
         [
@@ -146,7 +144,7 @@ def test_refresh_keeps_health(upstream: Upstream) -> None:
         ]
     )
     litellm.completion(model="freerouter/auto", messages=[{"role": "user", "content": "x"}])
-    router = _router(load_settings())
+    router = env_router()
     assert engine.get_engine().submit(router.catalog.refresh()).result(5) is True
     assert upstream.sim.models_fetches == 2
     assert router.health.cooling_for("bad/a:free") > 0

@@ -25,7 +25,7 @@ from litellm_freerouter.cli import cli
 from litellm_freerouter.errors import PRIVACY_URL, MissingKeyError
 from litellm_freerouter.simulator import ModelScript, demo_models
 
-from .conftest import KEY, Upstream, fast
+from .conftest import KEY, Upstream, env_router, fast
 
 ANSI = "\x1b["
 WINNER = "quick/winner:free"
@@ -344,11 +344,9 @@ def test_chat_when_every_model_fails_ends_in_one_error_line(api: Upstream) -> No
 def test_chat_shows_a_wait_for_a_cooling_model(api: Upstream) -> None:
     """The only model is cooling and returns in moments: the race view says the request waits,
     then the answer comes."""
-    from litellm_freerouter.config import load_settings
-    from litellm_freerouter.provider import _router
 
     api.sim.set_models([fast(WINNER, "after a pause")])
-    _router(load_settings()).health.cool(WINNER, 0.5, "slow")
+    env_router().health.cool(WINNER, 0.5, "slow")
     result = invoke(["chat", "hi"])
     assert result.exit_code == 0, result.output
     assert result.stdout == "after a pause\n"
@@ -591,13 +589,11 @@ def test_models_shows_a_models_stated_per_minute_limit(api: Upstream) -> None:
 def test_models_shows_a_model_whose_limit_is_used_up(api: Upstream) -> None:
     """A model sent its stated limit in the last minute is shown as at its limit, with when it
     frees, listed after the ones the next race would ask, and in `state show`."""
-    from litellm_freerouter.config import load_settings
-    from litellm_freerouter.provider import _router
 
     api.sim.set_models(
         [fast("lim/a:free", context_length=1000), fast(WINNER, context_length=2000, delay=0.05)]
     )
-    health = _router(load_settings()).health
+    health = env_router().health
     health.record_attempt("lim/a:free")
     health.record_attempt("lim/a:free")
     health.refused("lim/a:free", 1)

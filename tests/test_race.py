@@ -10,7 +10,7 @@ import pytest
 
 from litellm_freerouter.simulator import ModelScript
 
-from .conftest import KEY, Upstream, fast, request_tasks
+from .conftest import KEY, Upstream, env_router, fast, request_tasks
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 
@@ -192,10 +192,8 @@ def test_failures_cool_the_model_for_their_setting(
     ask(**cooldowns)
     assert upstream.sim.calls_for("bad/a:free") == 1
     assert upstream.sim.calls_for("good/b:free") == 2
-    from litellm_freerouter.config import load_settings
-    from litellm_freerouter.provider import _router
 
-    health = _router(load_settings()).health
+    health = env_router().health
     assert 590 < health.cooling_for("bad/a:free") <= 600
 
 

@@ -26,7 +26,7 @@ from litellm_freerouter.catalog import FreeModel
 from litellm_freerouter.requirements import capable, requirements_of
 from litellm_freerouter.simulator import ModelScript
 
-from .conftest import Upstream, fast, request_tasks
+from .conftest import Upstream, env_router, fast, request_tasks
 
 
 @dataclass(frozen=True)
@@ -305,13 +305,11 @@ async def test_models_down_at_refresh_keeps_serving(
     upstream: Upstream, mode: str, stream: bool
 ) -> None:
     """When /models fails at refresh, the last good list keeps serving."""
-    from litellm_freerouter.config import load_settings
-    from litellm_freerouter.provider import _router
 
     upstream.sim.set_models([fast("a/a:free", "still here")])
     assert await call(mode, stream) == "still here"
     upstream.sim.models_status = 503
-    router = _router(load_settings())
+    router = env_router()
     refreshed = await asyncio.wrap_future(engine.get_engine().submit(router.catalog.refresh()))
     assert refreshed is False
     assert upstream.sim.models_fetches == 2
@@ -382,10 +380,8 @@ class waits_seen:
 def cool(model: str, seconds: float) -> None:
     """Bench ``model`` for ``seconds`` in the router's shared state, as an earlier failure of
     another request (or another process) would."""
-    from litellm_freerouter.config import load_settings
-    from litellm_freerouter.provider import _router
 
-    _router(load_settings()).health.cool(model, seconds, "slow")
+    env_router().health.cool(model, seconds, "slow")
 
 
 @pytest.mark.parametrize(("mode", "stream"), MODES, ids=MODE_IDS)

@@ -11,13 +11,12 @@ import pytest
 
 from litellm_freerouter import engine
 from litellm_freerouter.catalog import FreeModel
-from litellm_freerouter.config import Settings, load_settings
+from litellm_freerouter.config import Settings
 from litellm_freerouter.health import Health
-from litellm_freerouter.provider import _router
 from litellm_freerouter.router import Router, conversation_key
 from litellm_freerouter.simulator import ModelScript
 
-from .conftest import Upstream, fast
+from .conftest import Upstream, env_router, fast
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
@@ -28,10 +27,6 @@ def ask(**kwargs: Any) -> Any:
     return litellm.completion(
         model="freerouter/auto", messages=kwargs.pop("messages", MESSAGES), **kwargs
     )
-
-
-def router() -> Router:
-    return _router(load_settings())
 
 
 def test_tools_go_only_to_models_that_support_them(upstream: Upstream) -> None:
@@ -121,7 +116,7 @@ def test_context_error_benches_a_model_for_this_request_only(upstream: Upstream)
         ]
     )
     assert ask().choices[0].message.content == "fits"
-    assert router().health.cooling_for("tight/a:free") == 0
+    assert env_router().health.cooling_for("tight/a:free") == 0
     upstream.sim.set_models(
         [
             fast("tight/a:free", "short ok", context_length=1000),
@@ -146,7 +141,7 @@ def test_retry_after_longer_than_default_holds_the_model_out(upstream: Upstream)
         ]
     )
     ask()
-    assert 590 < router().health.cooling_for("busy/a:free") <= 600
+    assert 590 < env_router().health.cooling_for("busy/a:free") <= 600
 
 
 def test_minute_limit_stops_without_cooling_models(upstream: Upstream) -> None:
@@ -168,8 +163,8 @@ def test_minute_limit_stops_without_cooling_models(upstream: Upstream) -> None:
     with pytest.raises(litellm.RateLimitError):
         ask(messages=held)
     assert [q for q in upstream.sim.requests if q.body["messages"] == held] == []
-    assert router().health.cooling_for("a/a:free") == 0
-    assert router().health.cooling_for("b/b:free") == 0
+    assert env_router().health.cooling_for("a/a:free") == 0
+    assert env_router().health.cooling_for("b/b:free") == 0
 
 
 def test_daily_quota_is_spent_and_then_held(upstream: Upstream) -> None:
@@ -226,8 +221,8 @@ def test_hedged_race_adds_a_contender_when_the_leader_is_late(upstream: Upstream
     assert ask(hedge_delay="auto").choices[0].message.content == "backup"
     # The leader lost without a token for longer than its usual time: it is now known as
     # slower, and the backup leads the next race.
-    models = list(router().catalog.models or ())
-    assert router().rank(models, Settings(explore=0), None, 1)[0].id == "backup/b:free"
+    models = list(env_router().catalog.models or ())
+    assert env_router().rank(models, Settings(explore=0), None, 1)[0].id == "backup/b:free"
 
 
 def test_quota_reserve_narrows_the_race_and_says_so_once(
@@ -240,7 +235,7 @@ def test_quota_reserve_narrows_the_race_and_says_so_once(
         [fast(f"m/{i}:free", "hi", delay=0.05 * i, context_length=1000 + i) for i in range(3)]
     )
     ask()
-    r = router()
+    r = env_router()
 
     async def quota_known() -> None:
         if r._quota_task is not None:
@@ -282,7 +277,7 @@ def test_endpoint_latency_seeds_the_order(upstream: Upstream) -> None:
             fast("fastprior/b:free", "b", context_length=2000, endpoint_latency_ms=200),
         ]
     )
-    r = router()
+    r = env_router()
 
     async def learned() -> None:
         await r.catalog.get()
@@ -379,7 +374,7 @@ def test_a_model_at_its_stated_limit_rests_only_until_its_minute_frees(
         ]
     )
     assert ask(race_width=1).choices[0].message.content == "second"
-    health = router().health
+    health = env_router().health
     assert health.stats("lim/a:free").limit_rpm == 1
     assert 50 < health.cooling_for("lim/a:free") <= 60
 
@@ -397,7 +392,7 @@ def test_a_model_at_its_known_limit_is_not_asked_until_its_minute_frees(
             fast("ok/b:free", "other", context_length=2000, delay=0.2),
         ]
     )
-    health = router().health
+    health = env_router().health
     health.record_attempt("lim/a:free")
     health.record_attempt("lim/a:free")
     health.refused("lim/a:free", 1)  # its limit is 1 a minute, and 1 was sent just now

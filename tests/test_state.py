@@ -22,7 +22,6 @@ from litellm_freerouter import engine, state
 from litellm_freerouter.config import load_settings
 from litellm_freerouter.errors import Failure, next_utc_midnight
 from litellm_freerouter.health import Health
-from litellm_freerouter.provider import _router
 from litellm_freerouter.simulator import ModelScript
 from litellm_freerouter.state.base import COOL, MODEL, Entry, StateStore
 from litellm_freerouter.state.memory import MemoryStore
@@ -30,7 +29,7 @@ from litellm_freerouter.state.redis import RedisStore, redact
 from litellm_freerouter.state.resilient import Resilient
 from litellm_freerouter.state.sqlite import FILENAME, SqliteStore
 
-from .conftest import KEY, Upstream, fast
+from .conftest import KEY, Upstream, env_router, fast
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 NOW = 1_900_000_000.0  # a fake clock's start: in the future, so that no entry is pruned
@@ -442,7 +441,7 @@ def test_a_new_process_answers_from_the_cached_catalogue(upstream: Upstream) -> 
     store.close()
     upstream.sim.models_delay = 60
     assert ask(timeout=10).choices[0].message.content == "from the cache"
-    router = _router(load_settings())
+    router = env_router()
     assert router.catalog.fetched_at is not None and router.catalog.stale()
     # The refresh runs in the background (and is cancelled at the end of the test).
     deadline = time.monotonic() + 10
@@ -481,7 +480,7 @@ def test_describe_and_clear(upstream: Upstream, tmp_path: Path) -> None:
     upstream.sim.daily_quota = 40
     one_rate_limited(upstream, "ok")
     ask()
-    router = _router(load_settings())
+    router = env_router()
     engine.call_sync(lambda: router.read_quota(KEY))
     new_process()
     report = state.describe(load_settings())
@@ -564,7 +563,7 @@ def test_redis_down_at_start_never_fails_a_request(
     assert "unavailable" in warnings[0].getMessage()
     server.start()
     try:
-        router = _router(load_settings())
+        router = env_router()
         deadline = time.monotonic() + 10
         while router.health.store.problem is not None and time.monotonic() < deadline:
             engine.call_sync(_refresh_after_a_moment(router))
