@@ -52,18 +52,27 @@ def test_stream_is_carried_on_from_what_was_delivered(
     with caplog.at_level(logging.WARNING, logger="litellm_freerouter"):
         text, chunks = stream_text(race_width=2, idle_timeout=0.3)
     assert text == ANSWER
-    delivered = "".join(WORDS[:3])
-    sent = last_body(upstream, "steady/b:free")["messages"]
-    assert sent[:-1] == MESSAGES
-    assert sent[-1] == {"role": "assistant", "content": delivered}
     # Each chunk names the model that wrote it.
     by_model = [
         (c.freerouter_model, c.choices[0].delta.content)
         for c in chunks
         if c.choices and c.choices[0].delta.content
     ]
-    assert [m for m, _ in by_model[:3]] == ["break/a:free"] * 3
-    assert {m for m, _ in by_model[3:]} == {"steady/b:free"}
+    broken = [piece for model, piece in by_model if model == "break/a:free"]
+    # A stall or an error event keeps all three words. A reset can lose the last bytes that
+    # reached the socket just before it: aiohttp raises the reset before handing them over.
+    if "drop_after_chunks" in fault:
+        assert 1 <= len(broken) <= 3
+    else:
+        assert len(broken) == 3
+    assert broken == list(WORDS[: len(broken)])
+    assert [m for m, _ in by_model[: len(broken)]] == ["break/a:free"] * len(broken)
+    assert {m for m, _ in by_model[len(broken) :]} == {"steady/b:free"}
+    # The next model was asked to go on from exactly the text the caller already has.
+    delivered = "".join(broken)
+    sent = last_body(upstream, "steady/b:free")["messages"]
+    assert sent[:-1] == MESSAGES
+    assert sent[-1] == {"role": "assistant", "content": delivered}
     assert "break/a:free failed mid-answer" in caplog.text
     assert f"from its {len(delivered)} characters" in caplog.text
     upstream.wait_idle()
