@@ -162,6 +162,8 @@ class RaceView:
             # Printed by the command once the answer is out, so it never splits the answer.
             record = self._record(event.request_id)
             record.ok, record.duration, record.error = event.ok, event.duration, event.error
+        elif isinstance(event, events.QuotaNotice):
+            out.parts([(out.sym("· ", "note: "), "dim"), (event.text, "dim")])
         elif isinstance(event, events.AccountNotice):
             out.parts([(out.sym("! ", "warn: "), "bold yellow"), (event.text, "yellow")])
         elif isinstance(event, events.CatalogRefreshed) and not event.ok and event.count:

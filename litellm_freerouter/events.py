@@ -146,6 +146,13 @@ class AccountNotice(Event):
         return self.text
 
 
+@dataclass(frozen=True, slots=True)
+class QuotaNotice(AccountNotice):
+    """How the router adapts to what is left of the day's quota: news, not a problem."""
+
+    level = logging.INFO
+
+
 _subscribers: list[Callable[[Event], None]] = []
 _lock = threading.Lock()
 
@@ -182,6 +189,7 @@ __all__ = [
     "ContenderStarted",
     "Event",
     "Finished",
+    "QuotaNotice",
     "RaceStarted",
     "Resumed",
     "Waiting",

@@ -374,6 +374,21 @@ def test_race_view_says_what_a_wait_is_for() -> None:
     ]
 
 
+def test_race_view_tells_a_quota_note_from_an_account_warning() -> None:
+    """How the router adapts to the day's quota is a note; a stopped account is a warning."""
+    from litellm_freerouter import events
+    from litellm_freerouter._race_view import RaceView
+
+    stream = io.StringIO()
+    view = RaceView(Output(stream, fancy=False), clock=lambda: 0.0)
+    view(events.QuotaNotice("40 free requests left today: a hedge waits longer"))
+    view(events.AccountNotice("only 3 free requests left today: racing one model at a time"))
+    assert stream.getvalue().splitlines() == [
+        "· 40 free requests left today: a hedge waits longer",
+        "! only 3 free requests left today: racing one model at a time",
+    ]
+
+
 def test_chat_invalid_setting_is_one_line(api: Upstream) -> None:
     """An invalid tunable is named in one line, before anything is sent."""
     result = invoke(["chat", "hi", "--race-width", "0"])

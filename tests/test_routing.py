@@ -251,6 +251,32 @@ def test_quota_reserve_narrows_the_race_and_says_so_once(
     assert caplog.text.count("racing one model at a time") == 1
 
 
+def test_a_scarce_quota_makes_hedges_wait_longer_and_says_so_once(
+    upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With 50 or fewer free requests left today, hedged racing hedges later: logged once."""
+    caplog.set_level(logging.INFO, logger="litellm_freerouter")
+    upstream.sim.daily_quota = 50
+    upstream.sim.set_models(
+        [fast(f"m/{i}:free", "hi", delay=0.05 * i, context_length=1000 + i) for i in range(3)]
+    )
+    ask(hedge_delay="auto")
+    r = env_router()
+
+    async def quota_known() -> None:
+        if r._quota_task is not None:
+            await r._quota_task
+
+    engine.get_engine().submit(quota_known()).result(5)
+    remaining = r.health.quota_remaining()
+    assert remaining is not None and remaining <= 50
+    ask(hedge_delay="auto")
+    ask(hedge_delay="auto")
+    notice = "free requests left today: a hedge waits until the first choice is later than 99%"
+    assert caplog.text.count(notice) == 1
+    assert [rec.levelname for rec in caplog.records if notice in rec.getMessage()] == ["INFO"]
+
+
 def test_fastest_model_leads_after_a_few_requests(
     upstream: Upstream, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -431,3 +457,25 @@ def test_the_race_narrows_to_stay_under_the_accounts_minute_limit(
     before = len(upstream.sim.requests)
     ask(requests_per_minute=0, race_width=3)  # 0: no pacing
     assert len(upstream.sim.requests) - before == 3
+
+
+def test_hedges_wait_for_a_later_quantile_while_the_quota_is_scarce() -> None:
+    """Plenty left: a hedge waits for the first choice's 90th percentile (2.2x its expected
+    time before it is measured). 50 or fewer left: its 99th (4x)."""
+    r = make_router([0.0])
+    for seconds in random.Random(3).sample([i / 10 for i in range(1, 21)], 20):
+        r.health.record_first_token("m/0:free", seconds)
+    stats = r.health.stats("m/0:free")
+    assert (stats.quantile(0.9), stats.quantile(0.99)) == (1.8, 2.0)
+    auto = Settings(hedge_delay="auto")
+    measured, unmeasured = MODELS[0], MODELS[1]
+    plenty = (r.hedge_after(measured, auto), r.hedge_after(unmeasured, auto))
+    assert plenty == (1.8, pytest.approx(3.0 * 2.2))
+    r.health.set_quota(1000, 51)
+    assert (r.hedge_after(measured, auto), r.hedge_after(unmeasured, auto)) == plenty
+    r.health.set_quota(1000, 50)
+    assert r.hedge_after(measured, auto) == 2.0
+    assert r.hedge_after(unmeasured, auto) == pytest.approx(3.0 * 4.0)
+    # Never past the first-token timeout, and a fixed delay stays fixed.
+    assert r.hedge_after(unmeasured, Settings(hedge_delay="auto", first_token_timeout=5)) == 5
+    assert r.hedge_after(measured, Settings(hedge_delay=0.25)) == 0.25
