@@ -382,7 +382,9 @@ def _freetier_reading(ft: dict[str, Any]) -> list[str]:
         f"spends {fmt(hedged['per_answer'])} for {fmt(hedged['p50'])}/{fmt(hedged['p95'])}/"
         f"{fmt(hedged['p99'])} s. On the 50-a-day account that is "
         f"{race['quota_answers']} against {hedged['quota_answers']} answers out of "
-        f"{race['quota_requests']}.",
+        f"{race['quota_requests']}: with 50 or fewer free requests left, hedging waits for the "
+        "leader's 99th percentile rather than its 90th, so fewer requests go to hedges that "
+        "lose.",
         "",
         "**Reading.**",
     ]
