@@ -34,6 +34,7 @@ from .errors import (
     UpstreamError,
     account_message,
 )
+from .router import SCARCE_QUOTA
 
 PROBE_BODY: dict[str, Any] = {
     "messages": [{"role": "user", "content": "Reply with the single word OK."}],
@@ -214,6 +215,19 @@ class Doctor:
                 text,
                 f"below the reserve of {self.settings.quota_reserve}:"
                 " freerouter races one model at a time; more at " + CREDITS_URL,
+            )
+        elif (
+            limit <= SCARCE_QUOTA
+            and self.settings.hedge_delay == 0
+            and self.settings.race_width > 1
+        ):
+            width = self.settings.race_width
+            self.report(
+                "warn",
+                text,
+                f"racing {width} at once spends about {width} of them per prompt; hedged racing"
+                " (FREEROUTER_HEDGE_DELAY=auto) about 1.3-1.4. Or unlock 1000 a day at "
+                + CREDITS_URL,
             )
         else:
             self.report("ok", text)

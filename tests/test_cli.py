@@ -223,7 +223,7 @@ def test_doctor_all_good_shows_the_quota_and_probes_once(api: Upstream) -> None:
     """A healthy setup passes every check; the probe spends exactly one request of the quota."""
     api.sim.set_models([fast(WINNER, "OK"), fast("also/fine:free", "OK")])
     api.sim.daily_quota = 50
-    result = invoke(["doctor"])
+    result = invoke(["doctor"], env={"FREEROUTER_HEDGE_DELAY": "auto"})
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "✓ daily free quota: 50 of 50 requests left today" in out
@@ -232,6 +232,34 @@ def test_doctor_all_good_shows_the_quota_and_probes_once(api: Upstream) -> None:
     assert "✗" not in out
     assert api.sim.quota_used == 1
     assert api.sim.requests[0].body["max_tokens"] == 1
+
+
+@pytest.mark.parametrize(
+    ("limit", "env", "advised"),
+    [
+        (50, {}, True),
+        (50, {"FREEROUTER_HEDGE_DELAY": "auto"}, False),
+        (50, {"FREEROUTER_RACE_WIDTH": "1"}, False),
+        (1000, {}, False),
+    ],
+    ids=["50-racing-3", "50-hedged", "50-one-at-a-time", "1000-racing-3"],
+)
+def test_doctor_advises_hedging_on_a_50_a_day_account(
+    api: Upstream, limit: int, env: dict[str, str | None], advised: bool
+) -> None:
+    """Racing three at once spends a 50-a-day quota three times as fast: doctor says what to
+    set instead, as a warning that is not a problem (exit 0)."""
+    api.sim.set_models([fast(WINNER, "OK")])
+    api.sim.daily_quota = limit
+    result = invoke(["doctor", "--no-probe"], env=env)
+    assert result.exit_code == 0, result.output
+    quota = f"daily free quota: {limit} of {limit} requests left today"
+    advice = "racing 3 at once spends about 3 of them per prompt; hedged racing"
+    assert (f"! {quota}" in result.stdout) is advised
+    assert (f"✓ {quota}" in result.stdout) is not advised
+    assert (advice in result.stdout) is advised
+    if advised:
+        assert "FREEROUTER_HEDGE_DELAY=auto" in result.stdout
 
 
 def test_doctor_without_probe_sends_no_request(api: Upstream) -> None:
