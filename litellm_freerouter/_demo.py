@@ -12,7 +12,8 @@ from . import engine
 from ._race_view import RaceRecord, RaceView
 from ._support import describe, done_line, router_for, settle, stream_answer
 from ._ui import Output, kind_text, ms, span
-from .config import load_settings
+from .config import TUNABLES as ALL_TUNABLES
+from .config import Settings, load_settings
 from .router import Router
 from .simulator import Simulator, SimulatorThread, demo_models
 
@@ -23,7 +24,8 @@ PROMPTS = (
     "Which model answered, and why that one?",
     "What happened to the others?",
 )
-# Passed explicitly, so that the user's FREEROUTER_* settings cannot change the show.
+# The demo's own settings; every other tunable takes its default. All are passed explicitly, so
+# that the user's FREEROUTER_* settings cannot change the show.
 TUNABLES: dict[str, Any] = {
     "race_width": 3,
     "hedge_delay": 0.0,
@@ -50,7 +52,9 @@ def run(out: Output, err: Output, prompts: Sequence[str] = PROMPTS) -> int:
     # The demo's cooldowns and timings are make-believe: they live in a throwaway state
     # directory, never in the user's state file or Redis.
     with tempfile.TemporaryDirectory(prefix="freerouter-demo-", ignore_cleanup_errors=True) as tmp:
-        return _run(out, err, prompts, {**TUNABLES, "state_dir": tmp, "redis_url": ""})
+        defaults = Settings()
+        tunables = {name: getattr(defaults, name) for name in ALL_TUNABLES}
+        return _run(out, err, prompts, {**tunables, **TUNABLES, "state_dir": tmp, "redis_url": ""})
 
 
 def _run(out: Output, err: Output, prompts: Sequence[str], tunables: dict[str, Any]) -> int:

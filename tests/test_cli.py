@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
@@ -22,6 +23,7 @@ from litellm_freerouter import cli as cli_module
 from litellm_freerouter._support import describe, settle
 from litellm_freerouter._ui import REDACTED, Output, wants_color
 from litellm_freerouter.cli import cli
+from litellm_freerouter.config import TUNABLES
 from litellm_freerouter.errors import PRIVACY_URL, MissingKeyError
 from litellm_freerouter.simulator import ModelScript, demo_models
 
@@ -90,12 +92,16 @@ def run_in_terminal(args: Sequence[str], env: dict[str, str]) -> tuple[int, str]
     return proc.wait(timeout=60), output.decode("utf-8", errors="replace")
 
 
-def closed_port_base() -> str:
-    """An api_base on a loopback port nothing listens on."""
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/api/v1"
+        return int(sock.getsockname()[1])
+
+
+def closed_port_base() -> str:
+    """An api_base on a loopback port nothing listens on."""
+    return f"http://127.0.0.1:{closed_port()}/api/v1"
 
 
 def mixed_models() -> list[ModelScript]:
@@ -445,11 +451,19 @@ def test_chat_as_a_process_separates_answer_and_race(api: Upstream) -> None:
 # --- demo -------------------------------------------------------------------------------------
 
 
-def test_demo_runs_offline_and_the_fast_model_wins() -> None:
+def test_demo_runs_offline_and_the_fast_model_wins(tmp_path: Path) -> None:
     """The demo needs no key or network, ignores the user's settings, and tells its story."""
-    env = {"OPENROUTER_API_BASE": closed_port_base(), "OPENROUTER_API_KEY": KEY}
+    env: dict[str, str | None] = {
+        "OPENROUTER_API_BASE": closed_port_base(),
+        "OPENROUTER_API_KEY": KEY,
+        # Every setting the user may have, each one the demo would choke on if it read it.
+        **{f"FREEROUTER_{name.upper()}": "not-a-number" for name in TUNABLES},
+        "FREEROUTER_STATE_DIR": str(tmp_path / "user-state"),
+        "FREEROUTER_REDIS_URL": f"redis://127.0.0.1:{closed_port()}/0",
+    }
     result = invoke(["demo"], env=env)
     assert result.exit_code == 0, result.output
+    assert not (tmp_path / "user-state").exists()
     err, out = result.stderr, result.stdout
     assert err.count(f"won    {DEMO_FAST}") == 3
     assert "drop   moonshotai/kimi-k2:free  server error" in err
