@@ -50,8 +50,8 @@ class Settings:
     hedge_delay: float | str = 0.0
     # Below this many remaining daily free requests, the race narrows to one contender.
     quota_reserve: int = 5
-    # OpenRouter's account-wide limit on free requests a minute: the race narrows so that this
-    # process stays under it (0: no pacing).
+    # OpenRouter's account-wide limit on free requests a minute: the race narrows so that every
+    # process sharing the state stays under it together (0: no pacing).
     requests_per_minute: int = 20
     state_dir: Path | None = None
     redis_url: str | None = field(default=None, repr=False)

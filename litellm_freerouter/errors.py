@@ -202,7 +202,8 @@ def classify(
     *,
     model: str | None = None,
 ) -> Failure:
-    """Decide what an upstream error means for routing (REFERENCE.md's table)."""
+    """Decide what an upstream error means for routing: OpenRouter's errors by scope, as the
+    README's "What a failure means" table lists them."""
     error = body.get("error") if isinstance(body, Mapping) else None
     if not isinstance(error, Mapping):
         error = {}

@@ -11,6 +11,7 @@ interpreter's litellm and, when ``FREEROUTER_PROXY181_VENV`` names a venv with
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import sys
 from collections.abc import Iterator, Sequence
@@ -27,6 +28,7 @@ from litellm_freerouter.config import TUNABLES
 from litellm_freerouter.simulator import ModelScript, RecordedRequest, Simulator, SimulatorThread
 
 from .proxy_harness import (
+    EXAMPLE_CONFIG,
     Proxy,
     copy_example_config,
     example_config,
@@ -238,6 +240,9 @@ def test_example_config_litellm_params_are_all_known() -> None:
     extras = set(entry["litellm_params"]) - {"model", "api_key", "api_base"}
     assert extras <= set(TUNABLES), extras - set(TUNABLES)
     assert entry["litellm_params"]["api_key"] == "os.environ/OPENROUTER_API_KEY"
+    # It shows every tunable, as the README says: the optional ones as comments.
+    text = EXAMPLE_CONFIG.read_text()
+    assert [t for t in TUNABLES if not re.search(rf"^\s+#? ?{t}: ", text, re.M)] == []
 
 
 def test_streamed_completion(example_proxy: Proxy, openrouter: FakeOpenRouter) -> None:
