@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 from .errors import Failure, next_utc_midnight
@@ -43,6 +44,13 @@ SHIFT = 2.0
 # its expected time is a moving average of what it showed (its prior before that), and a
 # hedge waits a multiple of that instead of its 90th percentile.
 QUANTILES_FROM = 3
+# A handful of first-token times cannot show a model's tail: of three, the largest is about its
+# 75th percentile. So a tail quantile (past the median) is never taken below a lognormal's,
+# fitted to the times with TAIL_PRIOR_WEIGHT races' worth of a log-spread of TAIL_PRIOR_SPREAD
+# (free models show 0.35-0.9). With many times of a steady model the fit narrows to what they
+# show; a heavy tail they show still stands.
+TAIL_PRIOR_SPREAD = 0.7
+TAIL_PRIOR_WEIGHT = 3.0
 # Seconds a failed attempt is taken to cost, in ranking (a new contender must start).
 FAILURE_COST = 2.0
 # Statistics of a model not raced for this long are forgotten.
@@ -120,9 +128,13 @@ class ModelStats:
 
         Lost races count as lower bounds (Kaplan-Meier): a model is measured only when it wins,
         and leaving out the times it was overtaken while still silent would make its slow tail
-        look shorter than it is. Past what the data shows, the largest time seen stands in.
+        look shorter than it is. Past the median it is never below the lognormal estimate
+        (``TAIL_PRIOR_SPREAD``), which stands in where a few races cannot show the tail.
         """
-        return _quantile(self.samples, q)
+        measured = _quantile(self.samples, q)
+        if measured is None or q <= 0.5:
+            return measured
+        return max(measured, _lognormal_quantile(self.ttft, q))
 
     def forget_if_changed(self) -> None:
         """Keep only the last ``SHIFT_AFTER`` races when each of them was far from the median
@@ -491,6 +503,20 @@ def _quantile(races: Iterable[float], q: float) -> float | None:
             if 1.0 - survival >= q - 1e-9:
                 return seconds
     return times[-1][0]
+
+
+def _lognormal_quantile(times: list[float], q: float) -> float:
+    """The ``q`` quantile of a lognormal fitted to ``times``, its spread drawn towards
+    ``TAIL_PRIOR_SPREAD`` by ``TAIL_PRIOR_WEIGHT`` races' worth (0 without a positive time)."""
+    logs = [math.log(t) for t in times if t > 0]
+    if not logs:
+        return 0.0
+    mean = sum(logs) / len(logs)
+    squares = sum((x - mean) ** 2 for x in logs)
+    variance = (TAIL_PRIOR_WEIGHT * TAIL_PRIOR_SPREAD**2 + squares) / (
+        TAIL_PRIOR_WEIGHT + len(logs) - 1
+    )
+    return math.exp(mean + NormalDist().inv_cdf(q) * math.sqrt(variance))
 
 
 def _recent_count(sent: deque[float], now: float) -> int:

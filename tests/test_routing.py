@@ -466,15 +466,16 @@ def test_hedges_wait_for_a_later_quantile_while_the_quota_is_scarce() -> None:
     for seconds in random.Random(3).sample([i / 10 for i in range(1, 21)], 20):
         r.health.record_first_token("m/0:free", seconds)
     stats = r.health.stats("m/0:free")
-    assert (stats.quantile(0.9), stats.quantile(0.99)) == (1.8, 2.0)
+    p90, p99 = stats.quantile(0.9), stats.quantile(0.99)
+    assert p90 is not None and p99 is not None and 1.8 <= p90 < p99
     auto = Settings(hedge_delay="auto")
     measured, unmeasured = MODELS[0], MODELS[1]
     plenty = (r.hedge_after(measured, auto), r.hedge_after(unmeasured, auto))
-    assert plenty == (1.8, pytest.approx(3.0 * 2.2))
+    assert plenty == (p90, pytest.approx(3.0 * 2.2))
     r.health.set_quota(1000, 51)
     assert (r.hedge_after(measured, auto), r.hedge_after(unmeasured, auto)) == plenty
     r.health.set_quota(1000, 50)
-    assert r.hedge_after(measured, auto) == 2.0
+    assert r.hedge_after(measured, auto) == p99
     assert r.hedge_after(unmeasured, auto) == pytest.approx(3.0 * 4.0)
     # Never past the first-token timeout, and a fixed delay stays fixed.
     assert r.hedge_after(unmeasured, Settings(hedge_delay="auto", first_token_timeout=5)) == 5
