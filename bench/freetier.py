@@ -432,7 +432,8 @@ def across_seeds(
     params: Params, seeds: list[int], progress: Callable[[str], None] = print
 ) -> list[dict[str, Any]]:
     """The two freerouter policies again on other seeds (other tiers, other workloads), each
-    from empty state: how much of one run's figures is that tier's luck."""
+    from empty state, and every policy on a 50-a-day account there: how much of one run's
+    figures is that tier's luck."""
     import litellm_freerouter  # noqa: F401  (registers freerouter/auto)
 
     rows = []
@@ -446,7 +447,8 @@ def across_seeds(
             f"  seed {seed}: oracle p95 {row['oracle_p95']:.2f}s; race p95 "
             f"{row['race']['p95'] or 0:.2f}s at {row['race']['per_answer'] or 0:.2f} req/answer;"
             f" hedged p95 {row['hedged']['p95'] or 0:.2f}s at "
-            f"{row['hedged']['per_answer'] or 0:.2f} req/answer"
+            f"{row['hedged']['per_answer'] or 0:.2f} req/answer; 50-a-day answers "
+            + ", ".join(f"{name} {n}" for name, n in row["quota_answers"].items())
         )
     return rows
 
@@ -494,6 +496,17 @@ async def _measure(h: Harness, name: str, label: str, arrivals: tuple[float, ...
     return result
 
 
+async def _quota_day(h: Harness, name: str, params: Params) -> tuple[int, int, int]:
+    """Policy ``name``, afresh, on an account with a small daily quota (``params.quota``):
+    its answers, the requests it was asked, and the upstream requests it spent."""
+    arrivals = tuple(
+        i * params.quota_gap for i in range(min(params.quota_requests, params.requests))
+    )
+    call, retries = _policy_call(h, name)
+    outcomes, log, _ = await h.run(call, arrivals, retries=retries, quota=params.quota)
+    return sum(o.ok for o in outcomes), len(outcomes), int(log["quota_used"])
+
+
 async def _run_freerouter(
     params: Params, tier: Tier, workload: Workload, oracle_choices: list[OracleChoice], url: str
 ) -> dict[str, Any]:
@@ -503,6 +516,8 @@ async def _run_freerouter(
     for name in ("race", "hedged"):
         summary = (await _measure(h, name, name, workload.arrivals)).summary(oracle_ok)
         row[name] = {k: summary[k] for k in ("success_when_healthy", "p50", "p95", "per_answer")}
+    # Every policy, afresh, on a 50-a-day account: how many answers the day's quota buys.
+    row["quota_answers"] = {name: (await _quota_day(h, name, params))[0] for name, _ in POLICIES}
     await h.aclose()
     row["oracle_p95"] = percentile([c.ttft for c in oracle_choices if c.ttft is not None], 95)
     for line in _informed_lines(tier, workload):
@@ -550,20 +565,13 @@ async def _run_all(
     h = Harness(params, tier, workload, url)
     oracle_ok = [c.model is not None for c in oracle_choices]
     results: list[PolicyResult] = []
-    quota_arrivals = tuple(
-        i * params.quota_gap for i in range(min(params.quota_requests, params.requests))
-    )
 
     for name, label in POLICIES:
         result = await _measure(h, name, label, workload.arrivals)
         # The same policy, afresh, on an account with OpenRouter's 50-a-day free quota.
-        call, retries = _policy_call(h, name)
-        q_outcomes, q_log, _ = await h.run(
-            call, quota_arrivals, retries=retries, quota=params.quota
+        result.quota_answers, result.quota_requests, result.quota_upstream = await _quota_day(
+            h, name, params
         )
-        result.quota_answers = sum(o.ok for o in q_outcomes)
-        result.quota_requests = len(q_outcomes)
-        result.quota_upstream = int(q_log["quota_used"])
         results.append(result)
         s = result.summary(oracle_ok)
         progress(

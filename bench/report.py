@@ -531,6 +531,7 @@ def _seed_rows(ft: dict[str, Any]) -> list[dict[str, Any]]:
         "race": _policy(ft, "race"),
         "hedged": _policy(ft, "hedged"),
         **{name: informed.get(name) or {} for name in ("informed_race", "informed_hedged")},
+        "quota_answers": {p["name"]: p.get("quota_answers") for p in ft["policies"]},
     }
     return [main, *ft.get("across_seeds", [])]
 
@@ -575,7 +576,42 @@ def _across_seeds(ft: dict[str, Any]) -> list[str]:
         f"{fmt(sum(spent) / len(spent))} on average, within the 1.3 goal on {within} of "
         f"{len(spent)} tiers.",
         "",
+        *_quota_days(ft, rows),
     ]
+    return out
+
+
+def _quota_days(ft: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """Every policy on a 50-a-day account, tier by tier: one tier's figures are luck."""
+    rows = [r for r in rows if r.get("quota_answers")]
+    if len(rows) < 2:
+        return []
+    names = [p["name"] for p in ft["policies"]]
+    labels = {
+        "router": "LiteLLM Router",
+        "random": "random + retries",
+        "seed": "seed",
+        "race": "freerouter race",
+        "hedged": "freerouter hedged",
+    }
+    requests = ft["params"]["quota_requests"]
+    totals = {n: sum(r["quota_answers"].get(n) or 0 for r in rows) for n in names}
+    out = [
+        f"**A {ft['params']['quota']}-a-day account on every tier.** Each policy afresh, "
+        f"{requests} requests one simulated second apart; answers out of {requests}.",
+        "",
+        "| seed | " + " | ".join(labels.get(n, n) for n in names) + " |",
+        "|---:|" + "---:|" * len(names),
+    ]
+    for r in rows:
+        cells = " | ".join(str(r["quota_answers"].get(n, "-")) for n in names)
+        out.append(f"| {r['seed']} | {cells} |")
+    out.append(
+        f"| all {len(rows)} | "
+        + " | ".join(f"{totals[n]}/{requests * len(rows)}" for n in names)
+        + " |"
+    )
+    out.append("")
     return out
 
 

@@ -150,7 +150,10 @@ def _main(argv: list[str] | None) -> int:
         data = freetier.run(params, progress=_progress)
         others = [] if args.quick else [int(x) for x in args.other_seeds.split(",") if x.strip()]
         if others:
-            _progress(f"  the two freerouter policies on other tiers: seeds {args.other_seeds}")
+            _progress(
+                f"  the two freerouter policies on other tiers, and every policy on a 50-a-day"
+                f" account there: seeds {args.other_seeds}"
+            )
             data["across_seeds"] = freetier.across_seeds(params, others, progress=_progress)
         widths = [] if args.quick else [int(x) for x in args.race_widths.split(",") if x.strip()]
         if widths:
