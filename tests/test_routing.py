@@ -467,7 +467,7 @@ def test_hedges_wait_for_a_later_quantile_while_the_quota_is_scarce() -> None:
         r.health.record_first_token("m/0:free", seconds)
     stats = r.health.stats("m/0:free")
     p90, p99 = stats.quantile(0.9), stats.quantile(0.99)
-    assert p90 is not None and p99 is not None and 1.8 <= p90 < p99
+    assert p90 == 1.8 and p99 is not None and p99 > 2.0  # 20 times cannot show the 99th
     auto = Settings(hedge_delay="auto")
     measured, unmeasured = MODELS[0], MODELS[1]
     plenty = (r.hedge_after(measured, auto), r.hedge_after(unmeasured, auto))
