@@ -56,7 +56,8 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument(
         "--other-seeds",
         default="7,11,13",
-        help="seeds of other tiers on which the two freerouter policies run again (for the"
+        help="seeds of other tiers on which the two freerouter policies run again, and every"
+        " policy on a 50-a-day account (for the"
         " spread between tiers; '' for none; none with --quick)",
     )
     parser.add_argument(
