@@ -52,7 +52,7 @@ class Params:
     time_scale: float = 0.1
     quota: int = 50  # the quota run: OpenRouter's free daily limit without credits
     quota_requests: int = 50
-    quota_gap: float = 1.0
+    quota_gap: float = 4.0  # simulated seconds between the quota run's requests
     run_oracle: bool = True
 
 

@@ -301,7 +301,8 @@ def _freetier_section(ft: dict[str, Any]) -> list[str]:
         'answer arrived. "Answers per 1000" is the daily quota of an account with credits '
         "divided by the requests per answer; the *50-a-day account* column runs the policy "
         f"again, afresh, on {p['quota_requests']} requests (one every {p['quota_gap']:g} simulated "
-        f"s) against an account with OpenRouter's {p['quota']}-request free quota and counts the "
+        f"s, the main workload's pace and within the account's 20 free requests a minute) "
+        f"against an account with OpenRouter's {p['quota']}-request free quota and counts the "
         "answers it got.",
         "",
         "| policy | success | p50 | p95 | p99 | upstream req / answer | answers per 1000 quota "
@@ -598,7 +599,8 @@ def _quota_days(ft: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     totals = {n: sum(r["quota_answers"].get(n) or 0 for r in rows) for n in names}
     out = [
         f"**A {ft['params']['quota']}-a-day account on every tier.** Each policy afresh, "
-        f"{requests} requests one simulated second apart; answers out of {requests}.",
+        f"{requests} requests {ft['params']['quota_gap']:g} simulated seconds apart; answers "
+        f"out of {requests}.",
         "",
         "| seed | " + " | ".join(labels.get(n, n) for n in names) + " |",
         "|---:|" + "---:|" * len(names),

@@ -141,7 +141,9 @@ def _main(argv: list[str] | None) -> int:
             time_scale=0.05,
             quota=50,
             quota_requests=50,
-            quota_gap=1.0,
+            # As fast as the main workload: an account may send no more than 20 free requests
+            # a minute, so no real 50-a-day account can ask one a second.
+            quota_gap=4.0,
         )
         if args.quick:
             params.requests, params.quota_requests = 30, 15
