@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from common import SHORT
 
 COLOURS = {
     "litellm": "#7f7f7f",
@@ -23,18 +24,6 @@ COLOURS = {
     "best_known": "#9467bd",
     "informed_race": "#17becf",
     "informed_hedged": "#bcbd22",
-}
-SHORT = {
-    "router": "LiteLLM Router",
-    "random": "random + retries",
-    "seed": "seed (batches of 3)",
-    "race": "freerouter race",
-    "hedged": "freerouter hedged",
-    "oracle": "oracle",
-    "oracle_run": "oracle via litellm",
-    "best_known": "best-known model",
-    "informed_race": "perfect knowledge, race 3",
-    "informed_hedged": "perfect knowledge, hedged",
 }
 
 

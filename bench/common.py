@@ -19,6 +19,20 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 PYTHON = sys.executable
 
+# Short names of the policies and computed lines, for chart axes and table headers.
+SHORT = {
+    "router": "LiteLLM Router",
+    "random": "random + retries",
+    "seed": "seed (batches of 3)",
+    "race": "freerouter race",
+    "hedged": "freerouter hedged",
+    "oracle": "oracle",
+    "oracle_run": "oracle via litellm",
+    "best_known": "best-known model",
+    "informed_race": "perfect knowledge, race 3",
+    "informed_hedged": "perfect knowledge, hedged",
+}
+
 # Variables of the caller's shell that would change what the code under test does.
 _NOISE = ("FREEROUTER_", "OPENROUTER_", "LITELLM_", "DATABASE_URL", "REDIS_")
 

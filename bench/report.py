@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from common import fmt
+from common import SHORT, fmt
 
 GOALS = {
     "ttft_ratio": 1.05,
@@ -588,13 +588,6 @@ def _quota_days(ft: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     if len(rows) < 2:
         return []
     names = [p["name"] for p in ft["policies"]]
-    labels = {
-        "router": "LiteLLM Router",
-        "random": "random + retries",
-        "seed": "seed",
-        "race": "freerouter race",
-        "hedged": "freerouter hedged",
-    }
     requests = ft["params"]["quota_requests"]
     totals = {n: sum(r["quota_answers"].get(n) or 0 for r in rows) for n in names}
     out = [
@@ -602,7 +595,7 @@ def _quota_days(ft: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
         f"{requests} requests {ft['params']['quota_gap']:g} simulated seconds apart; answers "
         f"out of {requests}.",
         "",
-        "| seed | " + " | ".join(labels.get(n, n) for n in names) + " |",
+        "| seed | " + " | ".join(SHORT.get(n, n) for n in names) + " |",
         "|---:|" + "---:|" * len(names),
     ]
     for r in rows:
