@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -113,7 +114,30 @@ def prepare(
     extra = optional_params.get("extra_body")
     if isinstance(extra, Mapping):
         body.update({k: v for k, v in extra.items() if k not in ("model", "stream")})
+    where = _non_finite(body)
+    if where is not None:
+        from .errors import ConfigurationError
+
+        # JSON has no NaN or infinity: sent, every model would answer 400 and cool down for it.
+        raise ConfigurationError(f"{where} (JSON has no NaN or infinity)")
     return body, settings
+
+
+def _non_finite(value: Any, path: str = "") -> str | None:
+    """What is wrong where a request body holds a NaN or an infinite number, if it does."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path} must be a finite number, got {value}"
+    if isinstance(value, Mapping):
+        items: Any = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for where, inner in items:
+        found = _non_finite(inner, where)
+        if found is not None:
+            return found
+    return None
 
 
 _routers_lock = threading.Lock()

@@ -47,7 +47,7 @@ def _json_default(value: Any) -> Any:
 
 
 def encode_body(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, default=_json_default, ensure_ascii=False).encode()
+    return json.dumps(body, default=_json_default, ensure_ascii=False, allow_nan=False).encode()
 
 
 class Contender:

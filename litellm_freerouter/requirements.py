@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .catalog import FreeModel
-from .errors import NoCapableModel
+from .errors import ConfigurationError, NoCapableModel
 
 # A deliberately generous estimate: about 3.5 characters per token for English and code, so a
 # prompt is never reported as fitting when it does not.
@@ -24,7 +25,16 @@ class Requirements:
     max_tokens: int | None = None
 
     def unmet_by(self, model: FreeModel) -> str | None:
-        """Why ``model`` cannot serve this request, or None when it can."""
+        """Why ``model`` cannot serve this request, or None when it can.
+
+        Checked in this order, the first unmet need is the answer: tool use (``tools`` among the
+        model's supported parameters), image input (``image`` among its input modalities),
+        structured output (``structured_outputs`` or ``response_format`` supported), a context
+        window holding the prompt plus the answer's room, and an output limit holding the
+        answer's room. A model whose supported parameters are unknown (an empty list) is given
+        the benefit of the doubt for tools and structured output; an unknown context length or
+        output limit rules nothing out.
+        """
         params = model.supported_parameters
         if self.tools and params and "tools" not in params:
             return "tool use"
@@ -60,7 +70,7 @@ def _text_size(value: Any) -> int:
         return len(value)
     if isinstance(value, list):
         return sum(
-            len(part.get("text") or "") if isinstance(part, Mapping) else _text_size(part)
+            _text_size(part.get("text")) if isinstance(part, Mapping) else _text_size(part)
             for part in value
         )
     if value is None:
@@ -69,18 +79,57 @@ def _text_size(value: Any) -> int:
 
 
 def estimate_tokens(messages: Sequence[Any], tools: Any = None) -> int:
+    """The prompt's size in tokens, at :data:`CHARS_PER_TOKEN` characters a token (rounded down).
+
+    Counted: 8 characters for each message, its content's text (a string as it is; of a list,
+    each part's ``text``, images counting nothing; anything else as its JSON), its
+    ``tool_calls`` as JSON, and the tool definitions as JSON.
+    """
     chars = 0
     for message in messages:
         if isinstance(message, Mapping):
             chars += _text_size(message.get("content")) + 8
-            if message.get("tool_calls"):
-                chars += _text_size(message.get("tool_calls"))
+            tool_calls = message.get("tool_calls")
+            if tool_calls:  # their names and arguments are prompt text too
+                chars += len(json.dumps(tool_calls, default=str))
     if tools:
         chars += len(json.dumps(tools, default=str))
     return int(chars / CHARS_PER_TOKEN)
 
 
+def _answer_room(body: Mapping[str, Any]) -> int | None:
+    """The tokens the answer may take: ``max_tokens``, else ``max_completion_tokens``.
+
+    Only a positive number counts (rounded up); a missing, zero, negative, boolean or string
+    value reserves nothing and is left for the upstream to judge. A non-finite number cannot
+    be sent as JSON at all (``1e999`` in a JSON body reads as infinity): a bad request.
+    """
+    room: int | None = None
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigurationError(f"{name} must be a finite number of tokens, got {value}")
+        if room is None and value > 0:
+            room = math.ceil(value)
+    return room
+
+
 def requirements_of(body: Mapping[str, Any]) -> Requirements:
+    """What ``body``, a chat-completions request, needs from a model.
+
+    - tool use: ``tools`` present and not empty;
+    - image input: an ``image_url``, ``input_image`` or ``image`` part in a message's content;
+    - structured output: a ``response_format`` of type ``json_object`` or ``json_schema``
+      (``text`` needs nothing);
+    - the prompt's size, estimated generously by :func:`estimate_tokens`;
+    - the answer's room (see :func:`_answer_room`).
+
+    A body of any other shape is read as far as it makes sense and never raises, except for a
+    non-finite ``max_tokens`` or ``max_completion_tokens``: :class:`ConfigurationError`, which
+    reaches the caller as litellm's ``BadRequestError`` before any model is asked.
+    """
     messages = body.get("messages")
     if not isinstance(messages, list):
         messages = []
@@ -89,13 +138,12 @@ def requirements_of(body: Mapping[str, Any]) -> Requirements:
         "json_schema",
         "json_object",
     )
-    max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
     return Requirements(
         tools=bool(body.get("tools")),
         images=any(isinstance(m, Mapping) and _has_image(m.get("content")) for m in messages),
         structured_output=structured,
         prompt_tokens=estimate_tokens(messages, body.get("tools")),
-        max_tokens=int(max_tokens) if isinstance(max_tokens, (int, float)) else None,
+        max_tokens=_answer_room(body),
     )
 
 
