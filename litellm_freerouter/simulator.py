@@ -107,7 +107,8 @@ class ModelScript:
     error_code: int | str = 502
     drop_after_chunks: int | None = None
     drop_after_tool_calls: bool = False  # the connection drops once the tool calls are out
-    malformed_lines: int = 0
+    malformed_lines: int = 0  # garbage lines before the first token
+    malformed_between: bool = False  # a garbage line between every two pieces, too
     finish_reason: str | None = None
     empty: bool = False
     prompt_tokens: int = 11
@@ -430,6 +431,9 @@ class Simulator:
         self.time_scale = time_scale
         self.models_status = 200
         self.models_delay = 0.0
+        # Optional: how a model behaves for one request body (its script and the body in, the
+        # script to play out): for tests whose upstream must answer requests differently.
+        self.per_request: Callable[[ModelScript, dict[str, Any]], ModelScript] | None = None
         self.requests: list[RecordedRequest] = []
         self.models_fetches = 0
         self.open_streams = 0
@@ -582,7 +586,10 @@ class Simulator:
             if rejection is not None:
                 rec.outcome = f"status:{rejection.status}"
                 return rejection
-            script = _continue_from(self.models[rec.model], body)
+            script = self.models[rec.model]
+            if self.per_request is not None:
+                script = self.per_request(script, body)
+            script = _continue_from(script, body)
             gen = _Generation(script)
             if body.get("stream") is True:
                 resp = web.StreamResponse(
@@ -673,6 +680,8 @@ class Simulator:
             nonlocal pieces
             if pieces:
                 await self._pause(request, script.chunk_delay)
+                if script.malformed_between:
+                    await sink.raw(_GARBAGE[pieces % len(_GARBAGE)])
             await sink.delta(delta)
             pieces += 1
 

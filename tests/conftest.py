@@ -9,10 +9,12 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import asyncio
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import aiohttp
 import pytest
 
 from litellm_freerouter import engine
@@ -118,6 +120,43 @@ def request_tasks() -> list[str]:
         n for n in engine_tasks() if not n.startswith(("freerouter-catalog", "freerouter-quota"))
     ]
     return on_engine + caller_tasks()
+
+
+def in_use_connections() -> int:
+    """Connections checked out of a pool and not given back: the engine's pool and, called from
+    a coroutine, the pool of the caller's loop, where async requests race. A response that is
+    neither read to its end nor closed keeps its connection checked out."""
+
+    def acquired(session: aiohttp.ClientSession) -> int:
+        # Private, but telling; fail loudly rather than count nothing if aiohttp renames it.
+        checked_out = getattr(session.connector, "_acquired", None)
+        assert checked_out is not None, "aiohttp's connector no longer has _acquired"
+        return len(checked_out)
+
+    async def count() -> int:
+        return acquired(engine.session())
+
+    on_engine = engine.get_engine().submit(count()).result(5)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return on_engine
+    return on_engine + acquired(engine.session())
+
+
+async def nothing_left_open(upstream: Upstream, timeout: float = 5.0) -> None:
+    """After the calls of a test: no upstream response in progress, no connection checked out
+    of a pool, no request task pending.
+
+    A response is given back to its pool as it is closed, which for a sync caller happens on
+    the engine's loop a moment after the caller has its last chunk: polled, up to ``timeout``.
+    """
+    await asyncio.to_thread(upstream.wait_idle, timeout)
+    deadline = time.monotonic() + timeout
+    while (left := in_use_connections()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)  # polling, with a deadline: nothing signals a release
+    assert left == 0, f"{left} upstream connection(s) still checked out after {timeout} s"
+    assert request_tasks() == []
 
 
 def fast(model_id: str, text: str = "Hello there", delay: float = 0.0, **kw: object) -> ModelScript:
