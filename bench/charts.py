@@ -19,6 +19,7 @@ COLOURS = {
     "seed": "#ff7f0e",
     "race": "#1f77b4",
     "hedged": "#2ca02c",
+    "hedged_warm": "#98df8a",
     "oracle": "#000000",
     "oracle_run": "#555555",
     "best_known": "#9467bd",

@@ -26,6 +26,7 @@ SHORT = {
     "seed": "seed (batches of 3)",
     "race": "freerouter race",
     "hedged": "freerouter hedged",
+    "hedged_warm": "hedged, 2nd session",
     "oracle": "oracle",
     "oracle_run": "oracle via litellm",
     "best_known": "best-known model",

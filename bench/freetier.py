@@ -338,6 +338,13 @@ class Harness:
         return upstream, dict(decisions)
 
 
+# The second session: freerouter hedged with the state an earlier session on the same tier left
+# (as a user's state directory keeps it), that session being the same number of requests with
+# other draws (request numbers from SECOND_SESSION_OFFSET) on another seed's arrivals.
+SECOND_SESSION = ("hedged_warm", "freerouter, hedged, second session (the first one's state)")
+SECOND_SESSION_OFFSET = 100_000
+
+
 POLICIES = (
     ("router", "LiteLLM Router (shuffle, retries, fallbacks, cooldowns)"),
     ("random", "random free model + retries (openrouter/free)"),
@@ -447,7 +454,8 @@ def across_seeds(
             f"  seed {seed}: oracle p95 {row['oracle_p95']:.2f}s; race p95 "
             f"{row['race']['p95'] or 0:.2f}s at {row['race']['per_answer'] or 0:.2f} req/answer;"
             f" hedged p95 {row['hedged']['p95'] or 0:.2f}s at "
-            f"{row['hedged']['per_answer'] or 0:.2f} req/answer; 50-a-day answers "
+            f"{row['hedged']['per_answer'] or 0:.2f} req/answer (second session "
+            f"{row['hedged_warm']['per_answer'] or 0:.2f}); 50-a-day answers "
             + ", ".join(f"{name} {n}" for name, n in row["quota_answers"].items())
         )
     return rows
@@ -496,6 +504,19 @@ async def _measure(h: Harness, name: str, label: str, arrivals: tuple[float, ...
     return result
 
 
+async def _measure_second_session(h: Harness, workload: Workload) -> PolicyResult:
+    """freerouter hedged, measured on ``workload`` after a first session of as many requests
+    on the same tier, with the state that session left."""
+    name, label = SECOND_SESSION
+    call, retries = _policy_call(h, "hedged")
+    first = Workload.poisson(h.p.seed + 1, len(workload.arrivals), h.p.mean_gap)
+    await h.run(lambda request: call(request + SECOND_SESSION_OFFSET), first.arrivals)
+    outcomes, log, wall = await h.run(call, workload.arrivals, retries=retries)
+    result = PolicyResult(name, label, outcomes, wall=wall, resumed=log["resumed"])
+    result.upstream, result.decisions = h._per_request(log, len(outcomes))
+    return result
+
+
 async def _quota_day(h: Harness, name: str, params: Params) -> tuple[int, int, int]:
     """Policy ``name``, afresh, on an account with a small daily quota (``params.quota``):
     its answers, the requests it was asked, and the upstream requests it spent."""
@@ -513,9 +534,12 @@ async def _run_freerouter(
     h = Harness(params, tier, workload, url)
     oracle_ok = [c.model is not None for c in oracle_choices]
     row: dict[str, Any] = {"seed": params.seed}
+    keep = ("success_when_healthy", "p50", "p95", "per_answer")
     for name in ("race", "hedged"):
         summary = (await _measure(h, name, name, workload.arrivals)).summary(oracle_ok)
-        row[name] = {k: summary[k] for k in ("success_when_healthy", "p50", "p95", "per_answer")}
+        row[name] = {k: summary[k] for k in keep}
+    summary = (await _measure_second_session(h, workload)).summary(oracle_ok)
+    row[SECOND_SESSION[0]] = {k: summary[k] for k in keep}
     # Every policy, afresh, on a 50-a-day account: how many answers the day's quota buys.
     row["quota_answers"] = {name: (await _quota_day(h, name, params))[0] for name, _ in POLICIES}
     await h.aclose()
@@ -580,6 +604,14 @@ async def _run_all(
             f"quota-day answers {result.quota_answers}/{result.quota_requests}  "
             f"({result.wall:.0f} s)"
         )
+
+    second = await _measure_second_session(h, workload)
+    results.append(second)
+    s = second.summary(oracle_ok)
+    progress(
+        f"  hedged, second session  success {s['success']:.1%}  p50 {s['p50'] or 0:.2f}s  "
+        f"p95 {s['p95'] or 0:.2f}s  req/answer {s['per_answer'] or 0:.2f}  ({second.wall:.0f} s)"
+    )
 
     summaries = [r.summary(oracle_ok) for r in results]
     computed = [c.ttft for c in oracle_choices if c.ttft is not None]

@@ -127,6 +127,7 @@ def _main(argv: list[str] | None) -> int:
             progress=_progress,
         )
         results["overhead"] = data
+        _save(results, args.out)  # a later crash keeps what ran (--render)
         charts.overhead(data, args.out / "overhead.png")
         timed("overhead", t0)
 
@@ -163,6 +164,7 @@ def _main(argv: list[str] | None) -> int:
             _progress(f"  freerouter racing wider on the main tier: {args.race_widths} at once")
             data["wider_races"] = freetier.wider_races(params, widths, progress=_progress)
         results["freetier"] = data
+        _save(results, args.out)  # a later crash keeps what ran (--render)
         charts.freetier(data, args.out / "freetier.png")
         timed("free tier", t0)
 
@@ -180,14 +182,19 @@ def _main(argv: list[str] | None) -> int:
             progress=_progress,
         )
         results["scale"] = data
+        _save(results, args.out)  # a later crash keeps what ran (--render)
         charts.scale(data, args.out / "scale.png")
         timed("scale", t0)
 
     results["meta"]["duration"] = time.perf_counter() - started  # type: ignore[index]
-    (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    _save(results, args.out)
     (args.out / "RESULTS.md").write_text(report.render(results))
     _progress(f"wrote {args.out / 'RESULTS.md'} in {results['meta']['duration'] / 60:.1f} min")  # type: ignore[index]
     return 0
+
+
+def _save(results: dict[str, Any], out: Path) -> None:
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
 
 
 def render(results: dict[str, Any], out: Path) -> int:
