@@ -102,6 +102,11 @@ FAULTS = [
         kind=("unsupported", "request", None),
     ),
     Fault(
+        "no image support",
+        {"status": 404, "error_message": "No endpoints found that support image input"},
+        kind=("unsupported", "request", None),
+    ),
+    Fault(
         "data policy",
         {"status": 404, "error_message": "No endpoints found matching your data policy"},
         litellm.NotFoundError,
@@ -130,6 +135,15 @@ FAULTS = [
     Fault(
         "moderation",
         {"status": 403, "error_message": "flagged"},
+        kind=("moderation", "request", None),
+    ),
+    Fault(
+        "moderation, with reasons",
+        {
+            "status": 403,
+            "error_message": "Input was flagged for moderation",
+            "error_metadata": {"reasons": ["violence"], "flagged_input": "go", "model_slug": "x"},
+        },
         kind=("moderation", "request", None),
     ),
     Fault("request timeout", {"status": 408}, kind=("server", "model", 90.0)),
