@@ -498,6 +498,13 @@ def wider_races(
 async def _measure(h: Harness, name: str, label: str, arrivals: tuple[float, ...]) -> PolicyResult:
     """Policy ``name``, afresh, on these arrivals: its outcomes and what they cost upstream."""
     call, retries = _policy_call(h, name)
+    return await _measured(h, name, label, call, retries, arrivals)
+
+
+async def _measured(
+    h: Harness, name: str, label: str, call: Call, retries: int, arrivals: tuple[float, ...]
+) -> PolicyResult:
+    """``call`` on these arrivals: its outcomes and what they cost upstream."""
     outcomes, log, wall = await h.run(call, arrivals, retries=retries)
     result = PolicyResult(name, label, outcomes, wall=wall, resumed=log["resumed"])
     result.upstream, result.decisions = h._per_request(log, len(outcomes))
@@ -511,10 +518,7 @@ async def _measure_second_session(h: Harness, workload: Workload) -> PolicyResul
     call, retries = _policy_call(h, "hedged")
     first = Workload.poisson(h.p.seed + 1, len(workload.arrivals), h.p.mean_gap)
     await h.run(lambda request: call(request + SECOND_SESSION_OFFSET), first.arrivals)
-    outcomes, log, wall = await h.run(call, workload.arrivals, retries=retries)
-    result = PolicyResult(name, label, outcomes, wall=wall, resumed=log["resumed"])
-    result.upstream, result.decisions = h._per_request(log, len(outcomes))
-    return result
+    return await _measured(h, name, label, call, retries, workload.arrivals)
 
 
 async def _quota_day(h: Harness, name: str, params: Params) -> tuple[int, int, int]:

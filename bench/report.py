@@ -565,11 +565,7 @@ def _seed_rows(ft: dict[str, Any]) -> list[dict[str, Any]]:
         "hedged": _policy(ft, "hedged"),
         "hedged_warm": _policy(ft, "hedged_warm", None),
         **{name: informed.get(name) or {} for name in ("informed_race", "informed_hedged")},
-        "quota_answers": {
-            p["name"]: p["quota_answers"]
-            for p in ft["policies"]
-            if p.get("quota_answers") is not None
-        },
+        "quota_answers": {p["name"]: p.get("quota_answers") for p in ft["policies"]},
     }
     return [main, *ft.get("across_seeds", [])]
 
@@ -590,7 +586,7 @@ def _across_seeds(ft: dict[str, Any]) -> list[str]:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        race, hedged = row["race"], row["hedged"]
+        race, hedged, warm = row["race"], row["hedged"], row.get("hedged_warm") or {}
         ideal_race, ideal_hedged = row["informed_race"], row["informed_hedged"]
         out.append(
             f"| {row['seed']} | {fmt(row['oracle_p95'])} | {fmt(race['p95'])} "
@@ -599,8 +595,7 @@ def _across_seeds(ft: dict[str, Any]) -> list[str]:
             f"| {fmt(hedged['p95'])} | {fmt(_ratio(hedged['p95'], row['oracle_p95']))} "
             f"| {fmt(_ratio(hedged['p95'], ideal_hedged.get('p95')))} "
             f"| {fmt(hedged['per_answer'])} | {fmt(ideal_hedged.get('per_answer'))} "
-            f"| {fmt((row.get('hedged_warm') or {}).get('p95'))} "
-            f"| {fmt((row.get('hedged_warm') or {}).get('per_answer'))} |"
+            f"| {fmt(warm.get('p95'))} | {fmt(warm.get('per_answer'))} |"
         )
     race_x = [_ratio(r["race"]["p95"], r["oracle_p95"]) for r in rows]
     hedged_x = [_ratio(r["hedged"]["p95"], r["oracle_p95"]) for r in rows]

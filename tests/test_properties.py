@@ -27,6 +27,7 @@ from litellm_freerouter.errors import ConfigurationError, NoCapableModel, to_lit
 from litellm_freerouter.requirements import capable, requirements_of
 
 from .conftest import Upstream, fast
+from .strategies import record
 
 IMAGE_TYPES = ("image_url", "input_image", "image")
 LIMITS = ("max_tokens", "max_completion_tokens")
@@ -114,22 +115,6 @@ def what_is_missing(body: dict[str, Any], model: FreeModel) -> str | None:
 
 
 # --- structured request bodies ------------------------------------------------------------------
-
-ABSENT = object()
-
-
-def record(**fields: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
-    """Objects with each of ``fields`` present three times in four."""
-    maybe = {
-        name: st.sampled_from([True, True, True, False]).flatmap(
-            lambda present, value=value: value if present else st.just(ABSENT)
-        )
-        for name, value in fields.items()
-    }
-    return st.fixed_dictionaries(maybe).map(
-        lambda drawn: {name: value for name, value in drawn.items() if value is not ABSENT}
-    )
-
 
 TEXT = st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from("é中文😀👍🏽"), max_size=60)
 TEXT_PART = st.builds(

@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 from litellm_freerouter.sse import SSEDecoder, parse_data
 
+from .strategies import record
+
 
 def decode_all(parts: list[bytes]) -> list[str]:
     decoder = SSEDecoder()
@@ -124,22 +126,6 @@ def mostly(strategy: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
     """``strategy`` five times in six, any JSON value otherwise (``one_of`` would weigh them
     alike: it drops repeated branches)."""
     return st.sampled_from([True] * 5 + [False]).flatmap(lambda usual: strategy if usual else JSON)
-
-
-_ABSENT = object()
-
-
-def record(**fields: st.SearchStrategy[object]) -> st.SearchStrategy[dict[str, object]]:
-    """Objects with each of ``fields`` present three times in four."""
-    maybe = {
-        name: st.sampled_from([True, True, True, False]).flatmap(
-            lambda present, value=value: value if present else st.just(_ABSENT)
-        )
-        for name, value in fields.items()
-    }
-    return st.fixed_dictionaries(maybe).map(
-        lambda drawn: {name: value for name, value in drawn.items() if value is not _ABSENT}
-    )
 
 
 FUNCTION = record(name=mostly(TEXT), arguments=mostly(TEXT))
