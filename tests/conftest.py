@@ -10,14 +10,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
 
-from litellm_freerouter import engine
+from litellm_freerouter import engine, events
 from litellm_freerouter.simulator import ModelScript, Simulator, SimulatorThread
 
 if TYPE_CHECKING:
@@ -58,6 +58,18 @@ def env_router() -> Router:
     from litellm_freerouter.provider import _router
 
     return _router(load_settings())
+
+
+def cool_once_listed(model: str, seconds: float) -> Callable[[], None]:
+    """Bench ``model`` for ``seconds`` from the moment the router has fetched the model list,
+    just before the request first looks for a ready model: however slow the machine, the
+    cooldown cannot run out before the request sees it. Returns the unsubscribe function."""
+
+    def on_event(event: events.Event) -> None:
+        if isinstance(event, events.CatalogRefreshed) and event.ok:
+            env_router().health.cool(model, seconds, "slow")
+
+    return events.subscribe(on_event)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from litellm_freerouter.config import TUNABLES
 from litellm_freerouter.errors import PRIVACY_URL, MissingKeyError
 from litellm_freerouter.simulator import ModelScript, demo_models
 
-from .conftest import KEY, Upstream, env_router, fast
+from .conftest import KEY, Upstream, cool_once_listed, env_router, fast
 
 ANSI = "\x1b["
 WINNER = "quick/winner:free"
@@ -380,8 +380,11 @@ def test_chat_shows_a_wait_for_a_cooling_model(api: Upstream) -> None:
     then the answer comes."""
 
     api.sim.set_models([fast(WINNER, "after a pause")])
-    env_router().health.cool(WINNER, 0.5, "slow")
-    result = invoke(["chat", "hi"])
+    cooling = cool_once_listed(WINNER, 0.5)
+    try:
+        result = invoke(["chat", "hi"])
+    finally:
+        cooling()
     assert result.exit_code == 0, result.output
     assert result.stdout == "after a pause\n"
     lines = result.stderr.splitlines()

@@ -31,6 +31,7 @@ from litellm_freerouter.simulator import ModelScript, Simulator, SimulatorThread
 
 from .conftest import (
     Upstream,
+    cool_once_listed,
     env_router,
     fast,
     in_use_connections,
@@ -476,12 +477,13 @@ async def test_a_request_waits_for_a_cooling_model_that_returns_soon(
     """Every model cooling, the first back within FREEROUTER_WAIT_FOR_MODEL: the request says
     it waits, waits, and is answered, instead of failing."""
     upstream.sim.set_models([fast("only/a:free", "worth the wait")])
-    cool("only/a:free", 0.4)
+    cooling = cool_once_listed("only/a:free", 0.4)
     waits = waits_seen()
     try:
         assert await call(mode, stream) == "worth the wait"
     finally:
         waits.stop()
+        cooling()
     assert len(waits.seconds) == 1 and 0 < waits.seconds[0] <= 0.4
     assert upstream.sim.calls_for("only/a:free") == 1
     await nothing_left_open(upstream)
@@ -520,7 +522,8 @@ async def test_a_race_whose_models_all_failed_waits_for_one_that_returns(
             fast("back/b:free", "answered after the wait", context_length=2000),
         ]
     )
-    cool("back/b:free", 0.4)
+    # Long enough to outlast broken/a's 503 on a loaded machine, too.
+    cooling = cool_once_listed("back/b:free", 1.0)
     waits = waits_seen()
     failures = failures_seen()
     try:
@@ -528,6 +531,7 @@ async def test_a_race_whose_models_all_failed_waits_for_one_that_returns(
     finally:
         waits.stop()
         seen = failures.stop()
+        cooling()
     assert seen == [("broken/a:free", "server", "model", 90.0)]
     assert len(waits.seconds) == 1
     assert upstream.sim.called_models() == ["broken/a:free", "back/b:free"]
