@@ -1,16 +1,20 @@
 """Load through a real proxy: 100 concurrent clients, faulty upstream models, clients that hang
-up. Nothing may hang, every request ends with an answer or a clear error, and afterwards no
-upstream stream is open and the proxy's sockets and memory have not grown."""
+up. Nothing may hang, every request ends with an answer or a clear error, a client that hangs up
+has its upstream stream closed, and afterwards no upstream stream is open and the proxy's
+sockets and memory have not grown."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import secrets
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +29,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 MASTER_KEY = "sk-load-master-" + secrets.token_hex(8)
 UPSTREAM_KEY = "sk-or-load-" + secrets.token_hex(8)
 WORDS = tuple(f" w{i}" for i in range(40))
+WAVES = 4
+# The proxy's FREEROUTER_IDLE_TIMEOUT: the latest a stream the proxy dropped without closing is
+# closed by freerouter itself.
+IDLE_TIMEOUT = 15.0
+# A hang-up that reaches freerouter closes the upstream within this many seconds.
+PROMPT = 5.0
 MODELS = [
     ModelScript("load/good-a:free", first_token_delay=0.05, chunks=WORDS, chunk_delay=0.005),
     ModelScript("load/good-b:free", first_token_delay=0.08, chunks=WORDS, chunk_delay=0.005),
@@ -34,9 +44,18 @@ MODELS = [
 ]
 
 
+def stall_when_hung_up(script: ModelScript, body: dict[str, Any]) -> ModelScript:
+    """A good model answering a client that will hang up stalls after three words, until its
+    connection is closed: only a close ends it, so the close time says who closed it."""
+    if "hang up" in str(body.get("messages")) and script.id.startswith("load/good"):
+        return dataclasses.replace(script, stall_after_chunks=3)
+    return script
+
+
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[tuple[Simulator, SimulatorThread]]:
     sim = Simulator(MODELS, api_key=UPSTREAM_KEY)
+    sim.per_request = stall_when_hung_up
     with SimulatorThread(sim) as thread:
         yield sim, thread
 
@@ -56,7 +75,7 @@ def proxy(
         cooldown_rejected=0,
         cooldown_slow=0,
         explore=0.5,
-        idle_timeout=5,
+        idle_timeout=IDLE_TIMEOUT,
         first_token_timeout=5,
     )
     path.write_text(yaml.safe_dump(config))
@@ -103,13 +122,19 @@ def upstream_sockets(pid: int, port: int) -> int:
     return count
 
 
-async def one_client(client: httpx.AsyncClient, proxy: Proxy, i: int, rng: random.Random) -> str:
-    """One streamed request; some clients hang up after the first chunk. Returns the outcome."""
-    hang_up = rng.random() < 0.3
+async def one_client(
+    client: httpx.AsyncClient,
+    proxy: Proxy,
+    request: str,
+    hang_up: bool,
+    hung_up_at: dict[str, float],
+) -> str:
+    """One streamed request; a client that hangs up does so after the first chunk, noting
+    when in ``hung_up_at``. Returns the outcome."""
     body = {
         "model": "freerouter/auto",
         "stream": True,
-        "messages": [{"role": "user", "content": f"request {i}"}],
+        "messages": [{"role": "user", "content": request}],
     }
     headers = {"Authorization": f"Bearer {MASTER_KEY}"}
     async with client.stream(
@@ -126,17 +151,24 @@ async def one_client(client: httpx.AsyncClient, proxy: Proxy, i: int, rng: rando
                 error = True
                 break
             if hang_up and text:
-                return "hung up"
+                hung_up_at[request] = time.monotonic()  # the simulator's clock, too
+                return "hung up"  # leaving the block closes the connection
             text += line
         return "stream error" if error else ("answered" if text else "empty")
 
 
-async def wave(proxy: Proxy, n: int, seed: int) -> Counter[str]:
+async def wave(proxy: Proxy, n: int, seed: int, hung_up_at: dict[str, float]) -> Counter[str]:
     rng = random.Random(seed)
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=0)
+    clients = []
+    for i in range(n):
+        hang_up = rng.random() < 0.3
+        request = f"wave {seed} request {i}{' hang up' if hang_up else ''}"
+        clients.append((request, hang_up))
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         outcomes = await asyncio.wait_for(
-            asyncio.gather(*(one_client(client, proxy, i, rng) for i in range(n))), timeout=240
+            asyncio.gather(*(one_client(client, proxy, *c, hung_up_at) for c in clients)),
+            timeout=240,
         )
     return Counter(outcomes)
 
@@ -144,15 +176,20 @@ async def wave(proxy: Proxy, n: int, seed: int) -> Counter[str]:
 async def test_load_with_faults_and_hangups_leaks_nothing(
     proxy: Proxy, upstream: tuple[Simulator, SimulatorThread]
 ) -> None:
-    """Three waves of 100 concurrent clients: all end clearly; streams, sockets, memory flat."""
+    """Waves of 100 concurrent clients: all end clearly; each client that hung up has its
+    stalled upstream stream closed, at once when the proxy passes the hang-up on and within the
+    idle timeout when it does not; streams, sockets and memory stay flat."""
     sim, thread = upstream
     port = int(thread.url.split(":")[2].split("/")[0])
     assert proxy.process is not None
     pid = proxy.process.pid
+    hung_up_at: dict[str, float] = {}
     results = []
-    for seed in range(3):
-        outcomes = await wave(proxy, 100, seed)
-        await asyncio.to_thread(thread.call, lambda: sim.wait_idle(30))
+    for seed in range(WAVES):
+        outcomes = await wave(proxy, 100, seed, hung_up_at)
+        # Every stream ends: at the latest, freerouter's idle timeout closes one the proxy
+        # dropped without closing.
+        await asyncio.to_thread(thread.call, lambda: sim.wait_idle(IDLE_TIMEOUT + 15))
         results.append((outcomes, rss_kib(pid), open_fds(pid), upstream_sockets(pid, port)))
     for outcomes, _, _, pooled in results:
         assert sum(outcomes.values()) == 100
@@ -163,8 +200,31 @@ async def test_load_with_faults_and_hangups_leaks_nothing(
         # contenders that could have been in flight at once (100 clients x race width 3).
         assert pooled <= 300, pooled
     assert sim.open_streams == 0
-    assert sim.closed_by_client > 0  # hang-ups and lost races really closed upstream streams
-    (_, rss1, fds1, pool1), _, (_, rss3, fds3, pool3) = results
-    assert rss3 < rss1 * 1.25, (rss1, rss3)
-    assert fds3 - pool3 <= fds1 - pool1 + 10, (fds1, pool1, fds3, pool3)
+    # The streams of clients that hung up, which only a close could end: how long after the
+    # hang-up each was closed (a race's losers were closed before it: negative).
+    stalled = [
+        r
+        for r in sim.requests
+        if r.model.startswith("load/good") and "hang up" in str(r.body.get("messages"))
+    ]
+    assert {r.outcome for r in stalled} == {"client_closed"}, Counter(r.outcome for r in stalled)
+    delays = sorted(
+        r.ended - hung_up_at[r.body["messages"][0]["content"]]
+        for r in stalled
+        if r.ended is not None and r.body["messages"][0]["content"] in hung_up_at
+    )
+    late = [d for d in delays if d > PROMPT]
+    print(
+        f"\n{len(hung_up_at)} hang-ups, {len(delays)} stalled streams of theirs: closed a median"
+        f" {delays[len(delays) // 2]:.2f} s and at most {delays[-1]:.2f} s after the hang-up;"
+        f" {len(late)} later than {PROMPT:g} s"
+    )
+    assert len(delays) >= WAVES * 10, len(delays)
+    assert delays[-1] <= IDLE_TIMEOUT + 2, delays[-5:]
+    # Nearly all promptly: the proxy passes a hang-up on as a cancellation, which closes the
+    # upstream at once.
+    assert len(late) <= len(delays) // 50, late
+    (_, rss1, fds1, pool1), *_, (_, rss_n, fds_n, pool_n) = results
+    assert rss_n < rss1 * 1.25, (rss1, rss_n)
+    assert fds_n - pool_n <= fds1 - pool1 + 10, (fds1, pool1, fds_n, pool_n)
     assert UPSTREAM_KEY not in proxy.log() and MASTER_KEY not in proxy.log()
