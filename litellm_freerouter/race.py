@@ -259,6 +259,8 @@ async def race(
     loop = asyncio.get_running_loop()
     queue = list(candidates)
     running: dict[asyncio.Task[None], Contender] = {}
+    made: list[Contender] = []  # every contender started; all but the winner are closed at the end
+    returned: Contender | None = None
     failures: list[Failure] = []
     next_start_at = loop.time()
     started = 0
@@ -268,6 +270,7 @@ async def race(
         model = queue.pop(0)
         now = loop.time()
         contender = make(model, now)
+        made.append(contender)
         task = loop.create_task(contender.until_first_token(), name=f"freerouter:{model.id}")
         running[task] = contender
         started += 1
@@ -317,7 +320,8 @@ async def race(
                     extra.close()
                 won_at = winners[0].first_token_at or loop.time()
                 lost = tuple((c.id, won_at - c.started) for c in running.values())
-                return RaceOutcome(winners[0], tuple(failures), started, lost)
+                returned = winners[0]
+                return RaceOutcome(returned, tuple(failures), started, lost)
             if first_token_timeout is not None:
                 now = loop.time()
                 for task, contender in list(running.items()):
@@ -337,6 +341,12 @@ async def race(
     finally:
         for task in running:
             task.cancel()
+        # Close them here too: a contender can have its first token in the very turn the race
+        # is cancelled (or stopped by another contender's account-wide failure), so its task
+        # ends cleanly, out of reach of the cancellation, with its response open.
+        for contender in made:
+            if contender is not returned:
+                contender.close()
         await _settle(set(running))
 
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from typing import Any
 
+import aiohttp
 import litellm
 import pytest
 
+from litellm_freerouter.catalog import FreeModel
+from litellm_freerouter.race import Contender, race
 from litellm_freerouter.simulator import ModelScript
 
 from .conftest import KEY, Upstream, env_router, fast, request_tasks
@@ -43,6 +48,54 @@ def test_fastest_first_token_wins_and_losers_are_closed(upstream: Upstream) -> N
     upstream.wait_idle()
     assert upstream.sim.closed_by_client == 2
     assert request_tasks() == []
+
+
+async def test_a_first_token_in_the_turn_the_race_is_cancelled_still_closes(
+    upstream: Upstream,
+) -> None:
+    """A contender can get its first token in the very turn its race is cancelled (a client
+    hanging up as the answer starts): its task then ends cleanly, out of reach of the
+    cancellation. The race must still close its response; the upstream stalls until then."""
+    upstream.sim.set_models(
+        [ModelScript("stall/a:free", chunks=("one", " two"), stall_after_chunks=1)]
+    )
+    race_task: asyncio.Future[Any] | None = None
+
+    class CancelsItsRace(Contender):
+        async def until_first_token(self) -> None:
+            await super().until_first_token()
+            assert race_task is not None
+            race_task.cancel()  # lands in the same turn as the first token
+
+    async with aiohttp.ClientSession() as session:
+
+        def make(model: FreeModel, now: float) -> Contender:
+            body = {"model": model.id, "messages": MESSAGES, "stream": True}
+            return CancelsItsRace(
+                model,
+                session=session,
+                url=f"{upstream.url}/chat/completions",
+                headers={"Authorization": f"Bearer {KEY}"},
+                body=json.dumps(body).encode(),
+                started=now,
+                idle_timeout=None,
+            )
+
+        race_task = asyncio.ensure_future(
+            race(
+                [FreeModel("stall/a:free")],
+                make=make,
+                width=1,
+                first_token_timeout=None,
+                hedge_after=lambda model: 0.0,
+                on_start=lambda contender: None,
+                on_failure=lambda failure: None,
+            )
+        )
+        with pytest.raises(asyncio.CancelledError):
+            await race_task
+        await asyncio.to_thread(upstream.wait_idle, 5)
+    assert [r.outcome for r in upstream.sim.requests] == ["client_closed"]
 
 
 def test_keepalives_and_role_chunks_are_not_tokens(upstream: Upstream) -> None:
