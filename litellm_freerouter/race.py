@@ -315,12 +315,10 @@ async def race(
                         Failure("network", "model", f"{type(exc).__name__}: {exc}", contender.id)
                     )
             if winners:
-                winners.sort(key=lambda c: c.first_token_at or 0.0)
-                for extra in winners[1:]:
-                    extra.close()
-                won_at = winners[0].first_token_at or loop.time()
+                # The earliest first token wins; the others are closed on the way out.
+                returned = min(winners, key=lambda c: c.first_token_at or 0.0)
+                won_at = returned.first_token_at or loop.time()
                 lost = tuple((c.id, won_at - c.started) for c in running.values())
-                returned = winners[0]
                 return RaceOutcome(returned, tuple(failures), started, lost)
             if first_token_timeout is not None:
                 now = loop.time()

@@ -60,6 +60,12 @@ def env_router() -> Router:
     return _router(load_settings())
 
 
+def cool(model: str, seconds: float) -> None:
+    """Bench ``model`` for ``seconds`` in the router's shared state, as an earlier failure of
+    another request (or another process) would."""
+    env_router().health.cool(model, seconds, "slow")
+
+
 def cool_once_listed(model: str, seconds: float) -> Callable[[], None]:
     """Bench ``model`` for ``seconds`` from the moment the router has fetched the model list,
     just before the request first looks for a ready model: however slow the machine, the
@@ -67,7 +73,7 @@ def cool_once_listed(model: str, seconds: float) -> Callable[[], None]:
 
     def on_event(event: events.Event) -> None:
         if isinstance(event, events.CatalogRefreshed) and event.ok:
-            env_router().health.cool(model, seconds, "slow")
+            cool(model, seconds)
 
     return events.subscribe(on_event)
 

@@ -31,6 +31,7 @@ from litellm_freerouter.simulator import ModelScript, Simulator, SimulatorThread
 
 from .conftest import (
     Upstream,
+    cool,
     cool_once_listed,
     env_router,
     fast,
@@ -461,13 +462,6 @@ class waits_seen:
             if self.then is not None:
                 self.then()
             self.started.set()
-
-
-def cool(model: str, seconds: float) -> None:
-    """Bench ``model`` for ``seconds`` in the router's shared state, as an earlier failure of
-    another request (or another process) would."""
-
-    env_router().health.cool(model, seconds, "slow")
 
 
 @pytest.mark.parametrize(("mode", "stream"), MODES, ids=MODE_IDS)
