@@ -103,8 +103,9 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def upstream_sockets(pid: int, port: int) -> int:
-    """The process's TCP connections to the upstream's port (from /proc's socket tables)."""
+def upstream_sockets(pid: int, port: int) -> Counter[str]:
+    """The process's TCP connections to the upstream's port by state (from /proc's socket
+    tables): "01" established, "08" close-wait (the upstream closed it, the proxy never did)."""
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
@@ -113,13 +114,13 @@ def upstream_sockets(pid: int, port: int) -> int:
             continue
         if link.startswith("socket:["):
             inodes.add(link[8:-1])
-    count = 0
+    states: Counter[str] = Counter()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
             if fields[9] in inodes and int(fields[2].rsplit(":", 1)[1], 16) == port:
-                count += 1
-    return count
+                states[fields[3]] += 1
+    return states
 
 
 async def one_client(
@@ -191,14 +192,15 @@ async def test_load_with_faults_and_hangups_leaks_nothing(
         # dropped without closing.
         await asyncio.to_thread(thread.call, lambda: sim.wait_idle(IDLE_TIMEOUT + 15))
         results.append((outcomes, rss_kib(pid), open_fds(pid), upstream_sockets(pid, port)))
-    for outcomes, _, _, pooled in results:
+    for outcomes, _, _, sockets in results:
         assert sum(outcomes.values()) == 100
         assert set(outcomes) <= {"answered", "hung up", "stream error"}, outcomes
         assert outcomes["answered"] >= 30, outcomes
         assert outcomes["hung up"] >= 10, outcomes
         # Idle keep-alive connections stay pooled (15 s) for reuse: never more than the
         # contenders that could have been in flight at once (100 clients x race width 3).
-        assert pooled <= 300, pooled
+        assert sockets.total() <= 300, sockets
+        assert sockets["08"] == 0, sockets  # none the upstream closed and the proxy kept
     assert sim.open_streams == 0
     # The streams of clients that hung up, which only a close could end: how long after the
     # hang-up each was closed (a race's losers were closed before it: negative).
@@ -209,9 +211,9 @@ async def test_load_with_faults_and_hangups_leaks_nothing(
     ]
     assert {r.outcome for r in stalled} == {"client_closed"}, Counter(r.outcome for r in stalled)
     delays = sorted(
-        r.ended - hung_up_at[r.body["messages"][0]["content"]]
+        r.ended - hung_up_at[request]
         for r in stalled
-        if r.ended is not None and r.body["messages"][0]["content"] in hung_up_at
+        if r.ended is not None and (request := r.body["messages"][0]["content"]) in hung_up_at
     )
     late = [d for d in delays if d > PROMPT]
     print(
@@ -224,7 +226,8 @@ async def test_load_with_faults_and_hangups_leaks_nothing(
     # Nearly all promptly: the proxy passes a hang-up on as a cancellation, which closes the
     # upstream at once.
     assert len(late) <= len(delays) // 50, late
-    (_, rss1, fds1, pool1), *_, (_, rss_n, fds_n, pool_n) = results
+    (_, rss1, fds1, sockets1), *_, (_, rss_n, fds_n, sockets_n) = results
     assert rss_n < rss1 * 1.25, (rss1, rss_n)
-    assert fds_n - pool_n <= fds1 - pool1 + 10, (fds1, pool1, fds_n, pool_n)
+    other1, other_n = fds1 - sockets1.total(), fds_n - sockets_n.total()
+    assert other_n <= other1 + 10, (fds1, sockets1, fds_n, sockets_n)
     assert UPSTREAM_KEY not in proxy.log() and MASTER_KEY not in proxy.log()
