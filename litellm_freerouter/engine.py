@@ -23,7 +23,7 @@ import os
 import queue
 import threading
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import aiohttp
@@ -263,15 +263,20 @@ def _cancel_task_of(coro: Coroutine[Any, Any, Any], finished: threading.Event) -
 
 
 async def _pump(
-    make: Callable[[], AsyncIterator[T]],
+    make: Callable[[], AsyncGenerator[T, None]],
     put: Callable[[tuple[int, Any]], None],
     credit: _Credit,
 ) -> None:
-    """Run the generator, handing each item, its end or its error to ``put``."""
+    """Run the generator, handing each item, its end or its error to ``put``.
+
+    The generator is closed here, before its end, error or cancellation is handed on: left at
+    a ``yield`` by ``async for``, it would be closed only when the loop finalised it, a turn or
+    more later (and its connections with it)."""
     try:
-        async for item in make():
-            put((_ITEM, item))
-            await credit.sent()
+        async with contextlib.aclosing(make()) as items:
+            async for item in items:
+                put((_ITEM, item))
+                await credit.sent()
         put((_END, None))
     except asyncio.CancelledError:
         raise
@@ -280,7 +285,7 @@ async def _pump(
 
 
 def stream_sync(
-    make: Callable[[], AsyncIterator[T]],
+    make: Callable[[], AsyncGenerator[T, None]],
     *,
     first_item_timeout: float | None = None,
     consumer_timeout: float | None = CONSUMER_TIMEOUT,
@@ -329,8 +334,10 @@ def stream_sync(
 
 
 async def stream_local(
-    make: Callable[[], AsyncIterator[T]], *, consumer_timeout: float | None = CONSUMER_TIMEOUT
-) -> AsyncIterator[T]:
+    make: Callable[[], AsyncGenerator[T, None]],
+    *,
+    consumer_timeout: float | None = CONSUMER_TIMEOUT,
+) -> AsyncGenerator[T, None]:
     """Iterate an async generator run as a task of its own on the caller's loop.
 
     The task reads ahead (up to ``HIGH_WATER`` items), so a caller that stops reading without

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from litellm.llms.custom_llm import CustomLLM
@@ -193,19 +194,21 @@ def _chunk(text: str, fields: dict[str, Any], tool_use: Any = None) -> GenericSt
 
 async def _generic_chunks(
     body: dict[str, Any], settings: Settings
-) -> AsyncIterator[GenericStreamingChunk]:
+) -> AsyncGenerator[GenericStreamingChunk, None]:
     """The winner's deltas as litellm's generic chunks, usage last."""
     finish: str | None = None
     usage: Mapping[str, int] | None = None
     winner = ""
     saw_tool_call = False
-    async for model, delta in _router(settings).stream(body, settings):
-        winner = model
-        finish = delta.finish_reason or finish
-        usage = delta.usage or usage
-        for chunk in delta_chunks(model, delta):
-            saw_tool_call = saw_tool_call or chunk["tool_use"] is not None
-            yield chunk
+    # Closed as it is left, so that closing these chunks closes the winner at once.
+    async with contextlib.aclosing(_router(settings).stream(body, settings)) as deltas:
+        async for model, delta in deltas:
+            winner = model
+            finish = delta.finish_reason or finish
+            usage = delta.usage or usage
+            for chunk in delta_chunks(model, delta):
+                saw_tool_call = saw_tool_call or chunk["tool_use"] is not None
+                yield chunk
     if finish in (None, "stop") and saw_tool_call:
         finish = "tool_calls"
     yield {
@@ -446,7 +449,7 @@ async def _async_chunks(
             async for chunk in stream:
                 yield chunk
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
     except (FreeRouterError, TimeoutError) as exc:
         raise _translate(exc) from None
 

@@ -10,6 +10,7 @@ router's ``home`` loop, the engine's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -19,7 +20,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -514,7 +515,7 @@ class Router:
 
     async def _attempt(
         self, body: dict[str, Any], settings: Settings, request_id: str, failed: set[str]
-    ) -> AsyncIterator[tuple[str, Delta]]:
+    ) -> AsyncGenerator[tuple[str, Delta], None]:
         """One race for ``body`` among the models not in ``failed``, then the winner's answer:
         yields (winning model, delta); a failure after the first token raises _MidAnswer."""
         api_key = settings.require_key()
@@ -621,9 +622,10 @@ class Router:
         ok = False
         error: str | None = None
         try:
-            async for delta in winner.deltas():
-                yield winner.id, delta
-                learn()
+            async with contextlib.aclosing(winner.deltas()) as deltas:
+                async for delta in deltas:
+                    yield winner.id, delta
+                    learn()
             ok = True
         except UpstreamError as exc:
             error = str(exc)
@@ -637,12 +639,16 @@ class Router:
 
     async def stream(
         self, body: dict[str, Any], settings: Settings
-    ) -> AsyncIterator[tuple[str, Delta]]:
+    ) -> AsyncGenerator[tuple[str, Delta], None]:
         """Race for ``body`` and yield (winning model, delta) until the answer ends.
 
         When the winner fails after its first token, another race carries the answer on from
         what was delivered (OpenRouter's assistant prefill), up to ``settings.resume`` times;
         an answer that had started a tool call cannot be carried on and fails.
+
+        Every generator it reads is closed as it is left (``aclosing``): closing this one, at
+        a yield, closes the winner's response before ``aclose()`` returns, rather than when the
+        loop finalises the abandoned generators a turn or more later.
         """
         request_id = f"fr{next(_request_ids)}"
         delivered = ""
@@ -652,10 +658,12 @@ class Router:
         current = body
         while True:
             try:
-                async for model, delta in self._attempt(current, settings, request_id, failed):
-                    delivered += delta.content
-                    tool_calls = tool_calls or bool(delta.tool_calls)
-                    yield model, delta
+                attempt = self._attempt(current, settings, request_id, failed)
+                async with contextlib.aclosing(attempt) as deltas:
+                    async for model, delta in deltas:
+                        delivered += delta.content
+                        tool_calls = tool_calls or bool(delta.tool_calls)
+                        yield model, delta
                 return
             except _MidAnswer as broken:
                 if len(failed) >= settings.resume or tool_calls:
@@ -703,25 +711,27 @@ class Router:
     ) -> Answer:
         answer: Answer | None = None
         calls: dict[int, dict[str, Any]] = {}
-        async for model, delta in self._attempt(body, settings, request_id, failed):
-            if answer is None:
-                answer = Answer(model=model)
-            answer.content += delta.content
-            answer.reasoning += delta.reasoning
-            for call in delta.tool_calls:
-                slot = calls.setdefault(
-                    call.index,
-                    {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
-                )
-                if call.id:
-                    slot["id"] = call.id
-                if call.name:
-                    slot["function"]["name"] += call.name
-                slot["function"]["arguments"] += call.arguments
-            if delta.finish_reason:
-                answer.finish_reason = delta.finish_reason
-            if delta.usage:
-                answer.usage = delta.usage
+        attempt = self._attempt(body, settings, request_id, failed)
+        async with contextlib.aclosing(attempt) as deltas:
+            async for model, delta in deltas:
+                if answer is None:
+                    answer = Answer(model=model)
+                answer.content += delta.content
+                answer.reasoning += delta.reasoning
+                for call in delta.tool_calls:
+                    slot = calls.setdefault(
+                        call.index,
+                        {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+                    )
+                    if call.id:
+                        slot["id"] = call.id
+                    if call.name:
+                        slot["function"]["name"] += call.name
+                    slot["function"]["arguments"] += call.arguments
+                if delta.finish_reason:
+                    answer.finish_reason = delta.finish_reason
+                if delta.usage:
+                    answer.usage = delta.usage
         assert answer is not None  # a race only returns a winner that produced a token
         answer.tool_calls = [calls[i] for i in sorted(calls)]
         for i, assembled in enumerate(answer.tool_calls):

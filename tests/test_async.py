@@ -417,3 +417,111 @@ async def test_closing_a_local_stream_gives_way_to_a_cancellation() -> None:
     finally:
         release.set()
         await asyncio.wait_for(cleaned.wait(), 5)
+
+
+# --- every layer closes the one below it ----------------------------------------------------
+# A generator left at a ``yield`` by ``async for`` is not closed by it: the loop finalises it a
+# turn or more later, after the caller has gone on (and never, if the loop ends first). Each
+# layer closes the one below it itself, so that a closed stream has closed its upstream by the
+# time ``aclose()`` returns. The checks below come right after the close, with no await between.
+
+
+async def test_a_local_stream_closes_its_generator_before_aclose_returns() -> None:
+    """The read-ahead task, stopped while it waits for the reader to catch up (its generator
+    left at a yield), closes the generator before the stream's ``aclose()`` returns."""
+    closed: list[int] = []
+
+    async def items() -> AsyncIterator[int]:
+        n = 0
+        try:
+            while True:  # never awaits: the read-ahead fills up at once and waits at a yield
+                n += 1
+                yield n
+        finally:
+            await asyncio.sleep(0)  # a cleanup that takes a turn of the loop, as layers do
+            closed.append(n)
+
+    stream = engine.stream_local(items)
+    assert await stream.__anext__() == 1
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert closed == [engine.HIGH_WATER]
+
+
+def test_a_sync_stream_closes_its_generator_before_close_returns() -> None:
+    """The same for the sync bridge (aider's path): closing the iterator waits (bounded) for
+    the generator's own cleanup, not only for the engine's task to stop."""
+    closed: list[int] = []
+
+    async def items() -> AsyncIterator[int]:
+        n = 0
+        try:
+            while True:
+                n += 1
+                yield n
+        finally:
+            await asyncio.sleep(0.05)  # a cleanup that takes a while, as closing a socket can
+            closed.append(n)
+
+    stream = engine.stream_sync(items)
+    assert next(stream) == 1
+    stream.close()  # type: ignore[attr-defined]
+    assert closed == [engine.HIGH_WATER]
+
+
+def _finished_events() -> tuple[list[events.Finished], Any]:
+    finished: list[events.Finished] = []
+
+    def on_event(event: events.Event) -> None:
+        if isinstance(event, events.Finished):
+            finished.append(event)
+
+    return finished, events.subscribe(on_event)
+
+
+LONG = ModelScript("long/a:free", chunks=tuple(f" u{i}" for i in range(200)), chunk_delay=0.05)
+
+
+async def test_closing_the_routers_stream_closes_the_winner_before_it_returns(
+    served: tuple[Simulator, TestServer],
+) -> None:
+    """Router.stream, closed at a yield, closes its race's winner before ``aclose()`` returns."""
+    from litellm_freerouter.config import load_settings
+    from litellm_freerouter.provider import _router
+
+    sim, _ = served
+    sim.set_models([LONG])
+    settings = load_settings()
+    finished, unsubscribe = _finished_events()
+    try:
+        stream = _router(settings).stream({"messages": MESSAGES}, settings)
+        model, _ = await stream.__anext__()
+        assert model == "long/a:free"
+        await stream.aclose()
+        assert [(f.model, f.ok) for f in finished] == [("long/a:free", False)]
+    finally:
+        unsubscribe()
+    await sim.wait_idle(3)
+    assert sim.requests[0].outcome == "client_closed"
+
+
+async def test_closing_the_providers_chunks_closes_the_winner_before_it_returns(
+    served: tuple[Simulator, TestServer],
+) -> None:
+    """The provider's chunk generator, closed at a yield, closes the router's stream (and so
+    the winner) before ``aclose()`` returns."""
+    from litellm_freerouter.config import load_settings
+    from litellm_freerouter.provider import _generic_chunks
+
+    sim, _ = served
+    sim.set_models([LONG])
+    settings = load_settings()
+    finished, unsubscribe = _finished_events()
+    try:
+        chunks = _generic_chunks({"messages": MESSAGES}, settings)
+        assert (await chunks.__anext__())["text"] == " u0"
+        await chunks.aclose()
+        assert [(f.model, f.ok) for f in finished] == [("long/a:free", False)]
+    finally:
+        unsubscribe()
+    await sim.wait_idle(3)
+    assert sim.requests[0].outcome == "client_closed"
