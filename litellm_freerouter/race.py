@@ -345,7 +345,12 @@ async def race(
         for contender in made:
             if contender is not returned:
                 contender.close()
-        await _settle(set(running))
+        try:
+            await _settle(set(running))
+        except BaseException:  # cancelled while the losers settle: the winner is not handed on
+            if returned is not None:
+                returned.close()
+            raise
 
 
 class AllFailed(Exception):

@@ -98,6 +98,64 @@ async def test_a_first_token_in_the_turn_the_race_is_cancelled_still_closes(
     assert [r.outcome for r in upstream.sim.requests] == ["client_closed"]
 
 
+async def test_a_race_cancelled_while_its_losers_settle_closes_its_winner(
+    upstream: Upstream,
+) -> None:
+    """The race has its winner and waits for the cancelled losers to close; if the race itself
+    is cancelled meanwhile (a client hanging up just then), the winner never reaches the caller
+    and must be closed by the race. Both upstreams stall until closed."""
+    upstream.sim.set_models(
+        [
+            ModelScript("win/a:free", chunks=("one", " two"), stall_after_chunks=1),
+            ModelScript("lose/b:free", stall_before_first_token=True),
+        ]
+    )
+    race_task: asyncio.Future[Any] | None = None
+
+    class CancelsTheRaceAsItLoses(Contender):
+        async def until_first_token(self) -> None:
+            try:
+                await super().until_first_token()
+            except asyncio.CancelledError:
+                assert race_task is not None
+                race_task.cancel()  # lands while the race settles its losers
+                raise
+
+    async with aiohttp.ClientSession() as session:
+
+        def make(model: FreeModel, now: float) -> Contender:
+            kind = CancelsTheRaceAsItLoses if model.id.startswith("lose") else Contender
+            body = {"model": model.id, "messages": MESSAGES, "stream": True}
+            return kind(
+                model,
+                session=session,
+                url=f"{upstream.url}/chat/completions",
+                headers={"Authorization": f"Bearer {KEY}"},
+                body=json.dumps(body).encode(),
+                started=now,
+                idle_timeout=None,
+            )
+
+        race_task = asyncio.ensure_future(
+            race(
+                [FreeModel("win/a:free"), FreeModel("lose/b:free")],
+                make=make,
+                width=2,
+                first_token_timeout=None,
+                hedge_after=lambda model: 0.0,
+                on_start=lambda contender: None,
+                on_failure=lambda failure: None,
+            )
+        )
+        with pytest.raises(asyncio.CancelledError):
+            await race_task
+        await asyncio.to_thread(upstream.wait_idle, 5)
+    assert sorted((r.model, r.outcome) for r in upstream.sim.requests) == [
+        ("lose/b:free", "client_closed"),
+        ("win/a:free", "client_closed"),
+    ]
+
+
 def test_keepalives_and_role_chunks_are_not_tokens(upstream: Upstream) -> None:
     """Keep-alive comments and an empty role delta do not win; the first real text does."""
     upstream.sim.set_models(
