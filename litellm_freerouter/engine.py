@@ -28,6 +28,8 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from ._aio import wait_for
+
 T = TypeVar("T")
 
 # Cleanup after a cancelled request is bounded by this many seconds.
@@ -75,7 +77,7 @@ class _Credit:
         if self.produced - self.consumed < HIGH_WATER:  # the caller caught up meanwhile
             return
         try:
-            await asyncio.wait_for(self._space.wait(), self._timeout)
+            await wait_for(self._space.wait(), self._timeout)
         except asyncio.TimeoutError:
             raise ConsumerGone(f"the caller took nothing for {self._timeout:g} s") from None
 
@@ -130,7 +132,7 @@ class Engine:
     async def _aclose(self) -> None:
         for closer in reversed(self._closers):
             try:
-                await asyncio.wait_for(closer(), 2)
+                await wait_for(closer(), 2)
             except Exception:  # closing is best effort; never block interpreter exit
                 pass
         if self._session is not None:

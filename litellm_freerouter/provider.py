@@ -15,6 +15,7 @@ from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk, ModelResponse
 
 from . import engine, state
+from ._aio import wait_for
 from .catalog import FreeModel
 from .config import TUNABLES, Settings, load_settings
 from .errors import FreeRouterError, to_litellm
@@ -543,10 +544,8 @@ def _seconds(timeout: Any) -> float | None:
 
 
 async def _with_timeout(awaitable: Any, seconds: float | None) -> Any:
-    if seconds is None:
-        return await awaitable
     try:
-        return await asyncio.wait_for(awaitable, seconds)
+        return await wait_for(awaitable, seconds)
     except asyncio.TimeoutError:
         raise TimeoutError(f"no answer within the caller's timeout of {seconds:g} s") from None
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from ._aio import wait_for
 from .catalog import FreeModel
 from .errors import (
     Failure,
@@ -195,7 +196,7 @@ class Contender:
 async def read_error_body(response: aiohttp.ClientResponse) -> bytes:
     """The start of an error response's body (bounded in size and time; empty if it fails)."""
     try:
-        return await asyncio.wait_for(response.content.read(MAX_ERROR_BODY), 10)
+        return await wait_for(response.content.read(MAX_ERROR_BODY), 10)
     except (asyncio.TimeoutError, aiohttp.ClientError):
         return b""
 

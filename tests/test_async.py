@@ -15,7 +15,7 @@ import litellm
 import pytest
 from aiohttp.test_utils import TestServer
 
-from litellm_freerouter import engine, events
+from litellm_freerouter import _aio, engine, events
 from litellm_freerouter.simulator import ModelScript, Simulator
 
 from .conftest import KEY, Upstream, engine_tasks, fast, request_tasks
@@ -525,3 +525,67 @@ async def test_closing_the_providers_chunks_closes_the_winner_before_it_returns(
         unsubscribe()
     await sim.wait_idle(3)
     assert sim.requests[0].outcome == "client_closed"
+
+
+# --- a timeout never swallows a cancellation -----------------------------------------------
+# asyncio.wait_for on Python 3.10/3.11 returns the result when its caller is cancelled in the
+# turn the awaited task finishes (gh-86296). Ours runs the awaitable in the caller's task; both
+# of its forms (3.11+ and 3.10's) are checked here on whichever Python runs the suite.
+
+WAIT_FORS = [_aio.wait_for, _aio.wait_for_310]
+WAIT_FOR_IDS = ["wait_for", "wait_for_310"]
+
+
+@pytest.mark.parametrize("wait_for", WAIT_FORS, ids=WAIT_FOR_IDS)
+async def test_a_cancellation_as_the_answer_arrives_is_not_lost(wait_for: Any) -> None:
+    """The caller is cancelled (a client hanging up) in the turn its answer arrives: it ends
+    cancelled, rather than going on as if nothing happened."""
+    went_on: list[str] = []
+    caller: asyncio.Task[None] | None = None
+
+    async def answer() -> str:
+        await asyncio.sleep(0)
+        assert caller is not None
+        asyncio.get_running_loop().call_soon(caller.cancel)  # lands as the answer is handed over
+        return "answer"
+
+    async def ask() -> None:
+        went_on.append(await wait_for(answer(), 30))
+        await asyncio.sleep(0)
+        went_on.append("and on")
+
+    caller = asyncio.ensure_future(ask())
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert went_on in ([], ["answer"])
+
+
+@pytest.mark.parametrize("wait_for", WAIT_FORS, ids=WAIT_FOR_IDS)
+async def test_wait_for_answers_times_out_and_passes_cancellations_on(wait_for: Any) -> None:
+    """In time: the result. Too late: asyncio.TimeoutError, the awaitable cancelled and its
+    cleanup run. Cancelled from outside: CancelledError, not a timeout."""
+    assert await wait_for(asyncio.sleep(0, "in time"), 5) == "in time"
+    assert await wait_for(asyncio.sleep(0, "no limit"), None) == "no limit"
+    cleaned: list[str] = []
+
+    async def never() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cleaned.append("cleaned")
+
+    with pytest.raises(asyncio.TimeoutError):
+        await wait_for(never(), 0.05)
+    assert cleaned == ["cleaned"]
+    started = asyncio.Event()
+
+    async def waits() -> None:
+        started.set()
+        await wait_for(never(), 30)
+
+    task = asyncio.ensure_future(waits())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned == ["cleaned", "cleaned"]
