@@ -111,6 +111,12 @@ class Settings:
                 "No OpenRouter API key: set OPENROUTER_API_KEY (free at https://openrouter.ai/keys)"
                 " or pass api_key=..."
             )
+        if any(ch.isspace() or not ch.isprintable() for ch in self.api_key):
+            # Never sent: it could not go into a header, and every model would seem unreachable.
+            raise MissingKeyError(
+                "The OpenRouter API key has a space or control character inside it (pasted with"
+                " another line?): check OPENROUTER_API_KEY or api_key=..."
+            )
         return self.api_key
 
     def resolved_state_dir(self) -> Path:
@@ -164,9 +170,17 @@ def load_settings(
             values[name] = _convert(name, overrides[name])
         elif (raw := env.get(ENV_PREFIX + name.upper())) not in (None, ""):
             values[name] = _convert(name, raw)
-    values["api_key"] = api_key or env.get("OPENROUTER_API_KEY") or None
-    values["api_base"] = api_base or env.get("OPENROUTER_API_BASE") or DEFAULT_API_BASE
+    # Blanks around a key or URL (a newline from a secret file, a pasted space) are not part of
+    # it; a key sent with them would fail as if every model were unreachable.
+    values["api_key"] = _stripped(api_key) or _stripped(env.get("OPENROUTER_API_KEY")) or None
+    values["api_base"] = (
+        _stripped(api_base) or _stripped(env.get("OPENROUTER_API_BASE")) or DEFAULT_API_BASE
+    )
     return Settings(**values)
+
+
+def _stripped(value: str | None) -> str | None:
+    return value.strip() if isinstance(value, str) else value
 
 
 def autoload_disabled(environ: Mapping[str, str] | None = None) -> bool:

@@ -115,6 +115,23 @@ def test_missing_key_names_the_variable_and_key_never_shows() -> None:
     assert "sk-or-secret" not in s.key_id and len(s.key_id) == 16
 
 
+def test_blanks_around_the_key_and_endpoint_are_not_part_of_them() -> None:
+    """A newline from a secret file or a pasted space around the key or URL is dropped, from
+    arguments and the environment alike; blanks inside the key are refused at request time."""
+    env = {"OPENROUTER_API_KEY": " sk-or-env\n", "OPENROUTER_API_BASE": "http://h/api/v1\n"}
+    s = load_settings(environ=env)
+    assert (s.api_key, s.api_base) == ("sk-or-env", "http://h/api/v1")
+    assert s.key_id == Settings(api_key="sk-or-env").key_id
+    s = load_settings(api_key="\tsk-or-arg ", api_base=" http://a/api/v1", environ=env)
+    assert (s.api_key, s.api_base) == ("sk-or-arg", "http://a/api/v1")
+    assert load_settings(api_key="  ", environ=env).api_key == "sk-or-env"
+    assert load_settings(environ={"OPENROUTER_API_KEY": "\n"}).api_key is None
+    for broken in ("sk-or-one\nsk-or-two", "sk-or one", "sk-or-\x00"):
+        with pytest.raises(MissingKeyError, match="OPENROUTER_API_KEY") as info:
+            Settings(api_key=broken).require_key()
+        assert "sk-or" not in str(info.value)
+
+
 def test_api_base_must_be_a_url() -> None:
     """A typo in the endpoint is caught with the value shown."""
     with pytest.raises(ConfigurationError, match="api_base must be an http"):

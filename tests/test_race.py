@@ -484,6 +484,29 @@ def test_missing_key_is_an_error_at_request_time(monkeypatch: pytest.MonkeyPatch
         ask(stream=False)
 
 
+def test_blanks_around_the_key_are_dropped_and_a_key_with_blanks_inside_is_refused(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key read from a secret file ends in a newline: it is the same key. A key with a blank
+    or control character inside cannot go into a header: a clear error naming
+    OPENROUTER_API_KEY, not every model cooled as unreachable; nothing is sent."""
+    upstream.sim.set_models([fast("k/a:free", "keyed"), fast("k/b:free", "also keyed")])
+    monkeypatch.setenv("OPENROUTER_API_KEY", f"  {KEY}\n")
+    monkeypatch.setenv("OPENROUTER_API_BASE", f"{upstream.url}\n")
+    assert ask()[0] in ("keyed", "also keyed")
+    assert upstream.sim.requests[-1].authorized
+    sent = len(upstream.sim.requests)
+    for broken in (f"{KEY}\nsk-or-other", f"{KEY[:8]} {KEY[8:]}"):
+        monkeypatch.setenv("OPENROUTER_API_KEY", broken)
+        for stream in (True, False):
+            with pytest.raises(litellm.AuthenticationError, match="OPENROUTER_API_KEY") as info:
+                ask(stream=stream)
+            assert KEY[8:] not in str(info.value)
+        health = env_router().health  # the broken key's own state
+        assert [m for m in ("k/a:free", "k/b:free") if health.cooling_for(m) > 0] == []
+    assert len(upstream.sim.requests) == sent
+
+
 def test_arguments_beat_the_environment(
     upstream: Upstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
