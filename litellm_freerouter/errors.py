@@ -24,6 +24,7 @@ exceptions reach litellm's classes in :func:`to_litellm` and nowhere else.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -129,12 +130,20 @@ _NO_ENDPOINTS = re.compile(
 )
 
 
+# No upstream hint to wait is taken for longer than a day (the free quota resets daily), and
+# a reset time further ahead than two days is not believed: a garbled header must not bench a
+# model, or the account, for good.
+MAX_WAIT = 86400.0
+MAX_RESET_AHEAD = 2 * 86400.0
+
+
 def _as_float(value: Any) -> float | None:
+    """A non-negative, finite number from a header or body field, else None."""
     try:
         result = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return result if result >= 0 else None
+    return result if math.isfinite(result) and result >= 0 else None
 
 
 def retry_after_of(
@@ -158,7 +167,7 @@ def retry_after_of(
             candidates.append(_as_float(availability.get("retry_after")))
         candidates.append(_as_float(error.get("retry_after_seconds")))
     values = [c for c in candidates if c is not None]
-    return max(values) if values else None
+    return min(max(values), MAX_WAIT) if values else None
 
 
 def _reset_at(error: Mapping[str, Any]) -> float | None:
@@ -172,7 +181,8 @@ def _reset_at(error: Mapping[str, Any]) -> float | None:
     if raw is None:
         return None
     # OpenRouter sends epoch milliseconds; accept seconds too, should that ever change.
-    return raw / 1000 if raw > 1e11 else raw
+    reset = raw / 1000 if raw > 1e11 else raw
+    return reset if reset <= time.time() + MAX_RESET_AHEAD else None
 
 
 def next_utc_midnight(now: float | None = None) -> float:

@@ -264,6 +264,8 @@ class Health:
         self._change(MODEL, model, change)
 
     def cool(self, model: str, seconds: float, reason: str) -> None:
+        if not seconds <= STATS_KEEP:  # an absurd (or not-a-number) length: a week at most
+            seconds = STATS_KEEP
         until = self.clock() + seconds
 
         def change(old: Entry | None) -> Entry:
@@ -408,6 +410,9 @@ class Health:
     # --- account -------------------------------------------------------------------------------
 
     def block_account(self, failure: Failure, until: float) -> None:
+        if not until <= self.clock() + STATS_KEEP:
+            until = self.clock() + STATS_KEEP
+
         def change(old: Entry | None) -> Entry:
             if old is not None and _float(old.data.get("until")) >= until:
                 return old

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import litellm
 import pytest
 
@@ -16,6 +18,7 @@ from litellm_freerouter.errors import (
     account_message,
     classify,
     classify_error_chunk,
+    next_utc_midnight,
     to_litellm,
 )
 
@@ -104,6 +107,35 @@ def test_retry_after_takes_the_longest_hint() -> None:
     failure = classify(429, payload, {"Retry-After": "30"})
     assert failure.retry_after == 75
     assert classify(503, body("x"), {"retry-after": "12"}).retry_after == 12
+
+
+@pytest.mark.parametrize("raw", ["inf", "Infinity", "nan", "-5", "1e999", "soon", ""])
+def test_a_wait_hint_that_is_no_number_of_seconds_is_ignored(raw: str) -> None:
+    """Retry-After: inf (or nan, a negative, an overflow) is no hint: the usual cooldown holds."""
+    assert classify(429, body("busy"), {"Retry-After": raw}).retry_after is None
+    assert (
+        classify(
+            429,
+            body(
+                "busy",
+                retry_after_seconds=float(raw or 0) if raw in ("inf", "nan", "1e999") else raw,
+            ),
+        ).retry_after
+        is None
+    )
+    quota = classify(429, body("free-models-per-day", headers={"X-RateLimit-Reset": raw}))
+    assert quota.reset_at == next_utc_midnight()  # as when no reset is given
+
+
+def test_absurd_waits_are_capped() -> None:
+    """A wait hint is taken for a day at most, and a reset further than two days ahead is not
+    believed (the next UTC midnight is taken, as when none is given)."""
+    assert classify(429, body("busy"), {"Retry-After": "1e12"}).retry_after == 86400
+    far = str(int((time.time() + 30 * 86400) * 1000))
+    assert (
+        classify(429, body("free-models-per-day", headers={"X-RateLimit-Reset": far})).reset_at
+        == next_utc_midnight()
+    )
 
 
 def test_error_chunk_code_as_number_or_string() -> None:

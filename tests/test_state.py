@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
+import math
 import shutil
 import socket
+import sqlite3
 import stat
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -339,6 +344,40 @@ def one_rate_limited(upstream: Upstream, answer: str) -> None:
     )
 
 
+@pytest.mark.parametrize("hint", ["inf", "1e999", "1e12"])
+def test_an_endless_wait_hint_never_benches_a_model_for_good(
+    upstream: Upstream, hint: str, tmp_path: Path
+) -> None:
+    """A 429 saying Retry-After: inf (or an overflow, or centuries) cools the model for the
+    usual time, or a day at most: the state file holds a finite expiry, `state show --json` stays
+    JSON, and the request is answered by the other model."""
+    one_rate_limited(upstream, "still answered")
+    upstream.sim.models["bad/a:free"] = dataclasses.replace(
+        upstream.sim.models["bad/a:free"], error_headers={"Retry-After": hint}
+    )
+    assert ask().choices[0].message.content == "still answered"
+    health = env_router().health
+    cooling = health.cooling_for("bad/a:free")
+    assert 0 < cooling <= 86400
+    health.cool("other/c:free", float("inf"), "slow")
+    health.block_account(Failure("minute_limit", "account", "x"), float("nan"))
+    assert health.cooling_for("other/c:free") <= 7 * 86400
+    db = sqlite3.connect(tmp_path / "state" / FILENAME)
+    try:
+        expiries = [row[0] for row in db.execute("SELECT expires FROM entries")]
+    finally:
+        db.close()
+    assert expiries and all(e is not None and math.isfinite(e) for e in expiries)
+    shown = subprocess.run(
+        [sys.executable, "-m", "litellm_freerouter", "state", "show", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    json.loads(shown.stdout)
+
+
 # --- the SQLite file ----------------------------------------------------------------------------
 
 
@@ -504,6 +543,30 @@ def test_clear_removes_a_corrupt_file(tmp_path: Path) -> None:
     (directory / FILENAME).write_bytes(b"\x00garbage" * 64)
     assert "removed" in state.clear(load_settings())
     assert state.describe(load_settings()).backend == "sqlite"
+
+
+def test_clear_leaves_a_file_that_is_only_locked(tmp_path: Path) -> None:
+    """A file another process holds locked is in use, not damaged: `state clear` says so and
+    removes nothing (else one key's clear would wipe every key's state); once the lock is
+    gone, it clears as usual."""
+    settings = load_settings(api_key=KEY)
+    other = load_settings(api_key=KEY + "-other")
+    for each in (settings, other):
+        health = Health(store=state.open_store(each))
+        health.cool("m/a:free", 900, "rate_limited")
+        health.close()
+    holder = sqlite3.connect(tmp_path / "state" / FILENAME, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(state.StateUnavailable, match="locked by another process"):
+            state.clear(settings)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert [c.model for c in state.describe(other).cooling] == ["m/a:free"]
+    assert "cleared 1 entries" in state.clear(settings)
+    assert state.describe(settings).cooling == ()
+    assert [c.model for c in state.describe(other).cooling] == ["m/a:free"]
 
 
 def test_state_is_scoped_by_key_and_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:

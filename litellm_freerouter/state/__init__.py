@@ -105,7 +105,9 @@ def open_store(settings: Settings) -> StateStore:
             f"{exc}; keeping state in memory for this process (`freerouter state clear`"
             " starts a fresh file)",
         )
-        return MemoryStore(problem=f"{exc}; state is kept in memory, for this process only")
+        return MemoryStore(
+            problem=f"{exc}; state is kept in memory, for this process only", busy=exc.busy
+        )
 
 
 # --- for the command line ---------------------------------------------------------------------
@@ -269,8 +271,13 @@ def clear(settings: Settings, everything: bool = False) -> str:
     store = open_store(settings)
     try:
         if isinstance(store, MemoryStore) and settings.redis_url is None:
-            # The file could not be opened (damaged, or from a newer version): start afresh.
             directory = settings.resolved_state_dir()
+            if store.busy:  # in use, not damaged: removing it would wipe every key's state
+                raise StateUnavailable(
+                    f"the state file in {directory} is locked by another process right now;"
+                    " nothing was cleared: try again in a moment"
+                )
+            # The file could not be opened (damaged, or from a newer version): start afresh.
             if remove_files(directory):
                 return f"removed the unusable state file in {directory}"
             return "no state to clear"

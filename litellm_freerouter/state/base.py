@@ -57,7 +57,14 @@ class CachedCatalog:
 
 
 class StateUnavailable(Exception):
-    """A store could not be opened or used; the caller carries on in memory."""
+    """A store could not be opened or used; the caller carries on in memory.
+
+    ``busy``: only for now (another process holds the file's lock), not damaged.
+    """
+
+    def __init__(self, message: str, *, busy: bool = False) -> None:
+        super().__init__(message)
+        self.busy = busy
 
 
 class StateStore(ABC):

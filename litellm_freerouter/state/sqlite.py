@@ -63,6 +63,13 @@ def _private_file(path: Path) -> None:
                 os.chmod(each, 0o600)
 
 
+def _busy(exc: BaseException) -> bool:
+    """Is this SQLite's "database is locked" (another process is writing), not damage?"""
+    return isinstance(exc, sqlite3.OperationalError) and any(
+        word in str(exc).lower() for word in ("locked", "busy")
+    )
+
+
 def _decode(data: str) -> Mapping[str, Any] | None:
     try:
         value = json.loads(data)
@@ -90,14 +97,14 @@ class SqliteStore(StateStore):
                 self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
             )
         except (OSError, sqlite3.Error) as exc:
-            raise StateUnavailable(f"cannot open {self.path}: {exc}") from exc
+            raise StateUnavailable(f"cannot open {self.path}: {exc}", busy=_busy(exc)) from exc
         try:
             self._prepare()
         except (OSError, sqlite3.Error, StateUnavailable) as exc:
             self._db.close()
             if isinstance(exc, StateUnavailable):
                 raise
-            raise StateUnavailable(f"cannot use {self.path}: {exc}") from exc
+            raise StateUnavailable(f"cannot use {self.path}: {exc}", busy=_busy(exc)) from exc
 
     def _prepare(self) -> None:
         db = self._db
