@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,19 +57,20 @@ class FreeModel:
             name=str(raw.get("name") or ""),
             context_length=_int(raw.get("context_length")),
             max_completion_tokens=_int(raw.get("max_completion_tokens")),
-            supported_parameters=frozenset(raw.get("supported_parameters") or ()),
-            input_modalities=frozenset(raw.get("input_modalities") or ("text",)),
-            provider=raw.get("provider"),
+            supported_parameters=frozenset(_strings(raw.get("supported_parameters"))),
+            input_modalities=frozenset(_strings(raw.get("input_modalities")) or ("text",)),
+            provider=raw.get("provider") if isinstance(raw.get("provider"), str) else None,
             created=_int(raw.get("created")) or 0,
         )
 
 
 def _int(value: Any) -> int | None:
+    """A positive whole number from a listed figure, else None (never an error)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)) and value > 0:
+    if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
         return int(value)
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value)
     return None
 
@@ -101,26 +103,50 @@ def parse_models(payload: Any) -> list[FreeModel]:
     if not isinstance(data, list):
         raise CatalogUnavailable("the /models answer has no 'data' list")
     models: list[FreeModel] = []
+    seen: set[str] = set()
     for raw in data:
-        if not isinstance(raw, Mapping) or not is_free(raw):
+        # A model listed twice is raced once (twice would spend two requests on one answer).
+        if not isinstance(raw, Mapping) or not is_free(raw) or raw["id"] in seen:
             continue
         top: Mapping[str, Any] = _mapping(raw.get("top_provider"))
         arch: Mapping[str, Any] = _mapping(raw.get("architecture"))
         params = raw.get("supported_parameters")
-        modalities = arch.get("input_modalities") if isinstance(arch, Mapping) else None
+        modalities = arch.get("input_modalities")
         models.append(
             FreeModel(
-                id=str(raw["id"]),
+                id=raw["id"],
                 name=str(raw.get("name") or raw["id"]),
                 context_length=_int(raw.get("context_length")) or _int(top.get("context_length")),
                 max_completion_tokens=_int(top.get("max_completion_tokens")),
-                supported_parameters=frozenset(p for p in params or () if isinstance(p, str)),
-                input_modalities=frozenset(
-                    m for m in (modalities or ("text",)) if isinstance(m, str)
-                ),
+                supported_parameters=frozenset(_strings(params)),
+                input_modalities=frozenset(_strings(modalities) or ("text",)),
                 created=_int(raw.get("created")) or 0,
             )
         )
+        seen.add(raw["id"])
+    return models
+
+
+def _strings(value: Any) -> list[str]:
+    """The strings of a listed array (anything else in it, or instead of it, is ignored)."""
+    return [v for v in value if isinstance(v, str)] if isinstance(value, (list, tuple)) else []
+
+
+def cached_models(rows: Iterable[Any]) -> list[FreeModel]:
+    """The models of a stored list, skipping any row that is damaged or not a free model (the
+    state file is the user's, and may be edited or half-written)."""
+    models: list[FreeModel] = []
+    seen: set[str] = set()
+    for row in rows:
+        model_id = row.get("id") if isinstance(row, Mapping) else None
+        if not isinstance(model_id, str) or not model_id.endswith(":free") or model_id in seen:
+            continue
+        try:
+            model = FreeModel.from_dict(row)
+        except (TypeError, ValueError):
+            continue
+        models.append(model)
+        seen.add(model_id)
     return models
 
 
@@ -204,21 +230,27 @@ class Catalog:
         return self.fetched_at is None or self._clock() - self.fetched_at >= self.refresh_interval
 
     async def refresh(self, *, raise_errors: bool = False) -> bool:
-        """Fetch again; a failure keeps the last good list."""
+        """Fetch again; a failure keeps the last good list.
+
+        A list with no free model in it counts as a failure too, retried within a minute: after
+        a good list that list is kept (one odd answer must not stop every request for an hour);
+        before any, requests are told there is none until a fetch finds some.
+        """
         try:
             models = await self._fetch()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            events.emit(
-                events.CatalogRefreshed(
-                    count=len(self._models or ()), ok=False, error=self.last_error
-                )
-            )
+            self._failed(f"{type(exc).__name__}: {exc}")
             if raise_errors and self._models is None:
                 said = str(exc) if isinstance(exc, CatalogUnavailable) else self.last_error
                 raise CatalogUnavailable(f"could not fetch the free-model list: {said}") from exc
+            return False
+        if not models:
+            self._failed("OpenRouter listed no free models")
+            if not self._models:
+                self._models = ()
+                self.fetched_at = self._clock()
             return False
         self._models = tuple(models)
         self.fetched_at = self._clock()
@@ -227,6 +259,10 @@ class Catalog:
         if self._on_update is not None:
             self._on_update(self._models)
         return True
+
+    def _failed(self, error: str) -> None:
+        self.last_error = error
+        events.emit(events.CatalogRefreshed(count=len(self._models or ()), ok=False, error=error))
 
     def start(self) -> None:
         if self._task is None and not self._closed:

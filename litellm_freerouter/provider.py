@@ -16,7 +16,7 @@ from litellm.types.utils import GenericStreamingChunk, ModelResponse
 
 from . import engine, state
 from ._aio import wait_for
-from .catalog import FreeModel
+from .catalog import cached_models
 from .config import TUNABLES, Settings, load_settings
 from .errors import FreeRouterError, to_litellm
 from .health import Health
@@ -165,8 +165,9 @@ def _router(settings: Settings) -> Router:
         )
         cached = store.load_catalog()
         if cached is not None and cached.models:  # answer at once; refreshed when stale
-            models = [FreeModel.from_dict(m) for m in cached.models]
-            router.catalog.preload(models, cached.fetched_at)
+            models = cached_models(cached.models)
+            if models:
+                router.catalog.preload(models, cached.fetched_at)
         eng.on_close(router.aclose)
     return router
 

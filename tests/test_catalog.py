@@ -9,8 +9,15 @@ import litellm
 import pytest
 from aiohttp import web
 
-from litellm_freerouter.catalog import Catalog, FreeModel, is_free, parse_models, seed_order
-from litellm_freerouter.errors import CatalogUnavailable
+from litellm_freerouter.catalog import (
+    Catalog,
+    FreeModel,
+    cached_models,
+    is_free,
+    parse_models,
+    seed_order,
+)
+from litellm_freerouter.errors import CatalogUnavailable, NoModelAvailable
 from litellm_freerouter.simulator import ModelScript
 
 from .conftest import Upstream, env_router, fast
@@ -49,6 +56,73 @@ def test_parse_skips_malformed_entries() -> None:
     assert model.supports_tools and model.supports_images and model.max_completion_tokens == 1024
     with pytest.raises(CatalogUnavailable):
         parse_models({"nope": []})
+
+
+def test_odd_figures_skip_a_field_or_an_entry_never_the_list() -> None:
+    """An infinite or non-ASCII-digit figure is no figure; a field of the wrong type is ignored;
+    a model listed twice is kept once (raced twice, one answer would spend two requests)."""
+    payload = {
+        "data": [
+            {"id": "x/inf:free", "pricing": FREE, "context_length": float("inf"), "created": 1e999},
+            {"id": "x/sup:free", "pricing": FREE, "context_length": "²", "created": "١٢"},
+            {
+                "id": "x/types:free",
+                "pricing": FREE,
+                "supported_parameters": 5,
+                "architecture": {"input_modalities": "image"},
+                "top_provider": [],
+            },
+            {"id": "x/twice:free", "pricing": FREE, "context_length": 1000},
+            {"id": "x/twice:free", "pricing": FREE, "context_length": 9999},
+        ]
+    }
+    models = {m.id: m for m in parse_models(payload)}
+    assert list(models) == ["x/inf:free", "x/sup:free", "x/types:free", "x/twice:free"]
+    assert models["x/inf:free"].context_length is None and models["x/inf:free"].created == 0
+    assert models["x/sup:free"].context_length is None and models["x/sup:free"].created == 0
+    assert models["x/types:free"].supported_parameters == frozenset()
+    assert models["x/types:free"].input_modalities == frozenset({"text"})
+    assert models["x/twice:free"].context_length == 1000
+
+
+def test_a_damaged_stored_list_skips_its_bad_rows() -> None:
+    """The stored list is the user's file: rows that are damaged, repeated or not free models
+    are skipped, the rest kept."""
+    good = FreeModel("a/ok:free", context_length=4096, supported_parameters=frozenset({"tools"}))
+    rows = [
+        good.as_dict(),
+        {"name": "no id"},
+        "junk",
+        {"id": "a/paid"},
+        {"id": "a/odd:free", "supported_parameters": [["unhashable"]], "provider": 7},
+        good.as_dict(),
+    ]
+    models = cached_models(rows)
+    assert [m.id for m in models] == ["a/ok:free", "a/odd:free"]
+    assert models[0] == good
+    assert models[1].supported_parameters == frozenset() and models[1].provider is None
+
+
+async def test_an_empty_list_is_a_failed_refresh() -> None:
+    """A refresh that lists no free model keeps the last good list and is retried soon, not
+    after a whole interval; before any list, requests hear there is none."""
+    answers: list[list[FreeModel]] = [[FreeModel("a/a:free")], [], []]
+
+    async def fetch() -> list[FreeModel]:
+        return answers.pop(0)
+
+    catalog = Catalog(fetch, refresh_interval=3600)
+    assert [m.id for m in await catalog.get()] == ["a/a:free"]
+    assert await catalog.refresh() is False
+    assert [m.id for m in await catalog.get()] == ["a/a:free"]
+    assert catalog.last_error == "OpenRouter listed no free models"
+    await catalog.aclose()
+
+    empty = Catalog(fetch, refresh_interval=3600)
+    with pytest.raises(NoModelAvailable, match="no free models"):
+        await empty.get()
+    assert empty.last_error == "OpenRouter listed no free models"
+    await empty.aclose()
 
 
 def test_seed_order_uses_provider_only_where_known() -> None:
