@@ -569,6 +569,33 @@ def test_clear_leaves_a_file_that_is_only_locked(tmp_path: Path) -> None:
     assert [c.model for c in state.describe(other).cooling] == ["m/a:free"]
 
 
+def test_a_process_started_during_a_lock_uses_the_file_once_it_is_free(tmp_path: Path) -> None:
+    """A process (a proxy) that starts while another holds the file locked keeps its state in
+    memory meanwhile, and tries the file again: once it opens, what it learnt is written back
+    for every other process, and it shares theirs from then on."""
+    settings = load_settings(api_key=KEY)
+    Health(store=state.open_store(settings)).close()  # the file exists
+    holder = sqlite3.connect(tmp_path / "state" / FILENAME, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        store = state.open_store(settings)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert isinstance(store, Resilient) and "database is locked" in (store.problem or "")
+    health = Health(store=store)
+    try:
+        health.cool("m/a:free", 900, "rate_limited")
+        deadline = time.monotonic() + 10
+        while store.problem is not None and time.monotonic() < deadline:
+            health.refresh()  # polling, with a deadline: the file is retried off this thread
+            time.sleep(0.01)
+        assert store.problem is None
+        assert [c.model for c in state.describe(settings).cooling] == ["m/a:free"]
+    finally:
+        health.close()
+
+
 def test_state_is_scoped_by_key_and_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     """Another key or another endpoint has its own scope; the scope is a hash, not the key."""
     base = load_settings(api_key=KEY)

@@ -94,20 +94,22 @@ def open_store(settings: Settings) -> StateStore:
             )
         except ValueError as exc:  # an unparsable URL
             _warn_once("redis-url", f"ignoring redis_url: {exc}")
-    from .sqlite import SqliteStore
+    from .sqlite import LockedAtStart, SqliteStore
 
     directory = settings.resolved_state_dir()
     try:
         return Resilient(SqliteStore(directory, scope, catalog), retry_every=30.0)
     except StateUnavailable as exc:
+        if exc.busy:  # in use by another process, not damaged: keep trying it
+            return Resilient(
+                LockedAtStart(directory, scope, catalog), retry_every=30.0, down=str(exc)
+            )
         _warn_once(
             str(directory),
             f"{exc}; keeping state in memory for this process (`freerouter state clear`"
             " starts a fresh file)",
         )
-        return MemoryStore(
-            problem=f"{exc}; state is kept in memory, for this process only", busy=exc.busy
-        )
+        return MemoryStore(problem=f"{exc}; state is kept in memory, for this process only")
 
 
 # --- for the command line ---------------------------------------------------------------------
@@ -272,16 +274,15 @@ def clear(settings: Settings, everything: bool = False) -> str:
     try:
         if isinstance(store, MemoryStore) and settings.redis_url is None:
             directory = settings.resolved_state_dir()
-            if store.busy:  # in use, not damaged: removing it would wipe every key's state
-                raise StateUnavailable(
-                    f"the state file in {directory} is locked by another process right now;"
-                    " nothing was cleared: try again in a moment"
-                )
             # The file could not be opened (damaged, or from a newer version): start afresh.
+            # (One that is only locked is not a MemoryStore: clearing it waits for the lock.)
             if remove_files(directory):
                 return f"removed the unusable state file in {directory}"
             return "no state to clear"
-        count = store.clear(everything)
+        try:
+            count = store.clear(everything)
+        except StateUnavailable as exc:
+            raise StateUnavailable(f"{exc}; nothing was cleared: try again in a moment") from exc
     finally:
         store.close()
     whose = "every key and endpoint" if everything else "this key and endpoint"

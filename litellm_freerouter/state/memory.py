@@ -13,12 +13,9 @@ class MemoryStore(StateStore):
     kind = "memory"
     shared = False
 
-    def __init__(
-        self, where: str = "this process only", problem: str | None = None, *, busy: bool = False
-    ) -> None:
+    def __init__(self, where: str = "this process only", problem: str | None = None) -> None:
         self.where = where
         self._problem = problem  # why a shared store could not be used, if that is why
-        self.busy = busy  # the shared file was only locked by another process, not damaged
         self._lock = threading.Lock()
         self._entries: dict[Key, Entry] = {}
         self._catalog: CachedCatalog | None = None

@@ -29,7 +29,11 @@ RETRY_EVERY = 5.0
 
 
 class Resilient(StateStore):
-    def __init__(self, primary: StateStore, retry_every: float | None = None) -> None:
+    def __init__(
+        self, primary: StateStore, retry_every: float | None = None, down: str | None = None
+    ) -> None:
+        """``down``: the store is known to be away already (why), and is tried again in the
+        background from the first use, warning once now."""
         self.primary = primary
         self.kind = primary.kind
         self.where = primary.where
@@ -42,6 +46,14 @@ class Resilient(StateStore):
         self._probe: threading.Thread | None = None
         self._next_probe = 0.0
         self._closed = False
+        if down is not None:
+            self._down = f"{self.kind} at {self.where} is unavailable ({down})"
+            log.warning(
+                "freerouter state: %s; carrying on with this process's own state, and trying"
+                " again every %g s",
+                self._down,
+                self.retry_every,
+            )
 
     @property
     def problem(self) -> str | None:

@@ -242,3 +242,60 @@ def remove_files(directory: Path) -> bool:
             (directory / (FILENAME + suffix)).unlink()
             removed = True
     return removed
+
+
+class LockedAtStart(StateStore):
+    """The SQLite file, held locked by another process when this one started: each use tries
+    to open it again.  Used under :class:`Resilient`, which keeps state in memory meanwhile
+    and writes it back once the file opens, so that a long-running process (a proxy) that
+    happened to start during a lock does not stay on its own state for life."""
+
+    kind = "sqlite"
+    errors = (sqlite3.Error, OSError, StateUnavailable)
+
+    def __init__(self, directory: Path, scope: str, catalog_id: str) -> None:
+        self.where = str(directory / FILENAME)
+        self._directory = directory
+        self._scope = scope
+        self._catalog_id = catalog_id
+        self._lock = threading.Lock()
+        self._store: SqliteStore | None = None
+        self._closed = False
+
+    def _opened(self) -> SqliteStore:
+        with self._lock:
+            if self._closed:
+                raise StateUnavailable(f"{self.where} is closed")
+            if self._store is None:
+                try:
+                    self._store = SqliteStore(self._directory, self._scope, self._catalog_id)
+                except StateUnavailable as exc:
+                    if exc.busy:
+                        raise StateUnavailable(
+                            f"the state file {self.where} is locked by another process",
+                            busy=True,
+                        ) from exc
+                    raise
+            return self._store
+
+    def load(self, now: float) -> Snapshot:
+        return self._opened().load(now)
+
+    def update(self, space: str, name: str, change: Change, now: float) -> Entry | None:
+        return self._opened().update(space, name, change, now)
+
+    def load_catalog(self) -> CachedCatalog | None:
+        return self._opened().load_catalog()
+
+    def save_catalog(self, models: Sequence[Mapping[str, Any]], fetched_at: float) -> None:
+        self._opened().save_catalog(models, fetched_at)
+
+    def clear(self, everything: bool = False) -> int:
+        return self._opened().clear(everything)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            store, self._store = self._store, None
+        if store is not None:
+            store.close()
