@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import litellm
@@ -426,24 +426,27 @@ async def test_closing_a_local_stream_gives_way_to_a_cancellation() -> None:
 # time ``aclose()`` returns. The checks below come right after the close, with no await between.
 
 
+async def _endless(closed: list[int], cleanup: float) -> AsyncGenerator[int, None]:
+    """1, 2, 3... without ever awaiting (a read-ahead fills up at once and waits at a yield);
+    closed, it sleeps ``cleanup`` seconds, then notes how far it got in ``closed``."""
+    n = 0
+    try:
+        while True:
+            n += 1
+            yield n
+    finally:
+        await asyncio.sleep(cleanup)
+        closed.append(n)
+
+
 async def test_a_local_stream_closes_its_generator_before_aclose_returns() -> None:
     """The read-ahead task, stopped while it waits for the reader to catch up (its generator
     left at a yield), closes the generator before the stream's ``aclose()`` returns."""
     closed: list[int] = []
-
-    async def items() -> AsyncIterator[int]:
-        n = 0
-        try:
-            while True:  # never awaits: the read-ahead fills up at once and waits at a yield
-                n += 1
-                yield n
-        finally:
-            await asyncio.sleep(0)  # a cleanup that takes a turn of the loop, as layers do
-            closed.append(n)
-
-    stream = engine.stream_local(items)
+    # A cleanup that takes a turn of the loop, as the layers' do.
+    stream = engine.stream_local(lambda: _endless(closed, cleanup=0.0))
     assert await stream.__anext__() == 1
-    await stream.aclose()  # type: ignore[attr-defined]
+    await stream.aclose()
     assert closed == [engine.HIGH_WATER]
 
 
@@ -451,31 +454,32 @@ def test_a_sync_stream_closes_its_generator_before_close_returns() -> None:
     """The same for the sync bridge (aider's path): closing the iterator waits (bounded) for
     the generator's own cleanup, not only for the engine's task to stop."""
     closed: list[int] = []
-
-    async def items() -> AsyncIterator[int]:
-        n = 0
-        try:
-            while True:
-                n += 1
-                yield n
-        finally:
-            await asyncio.sleep(0.05)  # a cleanup that takes a while, as closing a socket can
-            closed.append(n)
-
-    stream = engine.stream_sync(items)
+    # A cleanup that takes a while, as closing a socket can.
+    stream = engine.stream_sync(lambda: _endless(closed, cleanup=0.05))
     assert next(stream) == 1
     stream.close()  # type: ignore[attr-defined]
     assert closed == [engine.HIGH_WATER]
 
 
-def _finished_events() -> tuple[list[events.Finished], Any]:
+async def _first_then_close(sim: Simulator, stream: AsyncGenerator[Any, None]) -> Any:
+    """Take the first item of ``stream`` (an answer of LONG's), close it, and check that the
+    winner was closed by the time ``aclose()`` returned; returns that first item."""
     finished: list[events.Finished] = []
 
     def on_event(event: events.Event) -> None:
         if isinstance(event, events.Finished):
             finished.append(event)
 
-    return finished, events.subscribe(on_event)
+    unsubscribe = events.subscribe(on_event)
+    try:
+        first = await stream.__anext__()
+        await stream.aclose()
+        assert [(f.model, f.ok) for f in finished] == [("long/a:free", False)]
+    finally:
+        unsubscribe()
+    await sim.wait_idle(3)
+    assert sim.requests[0].outcome == "client_closed"
+    return first
 
 
 LONG = ModelScript("long/a:free", chunks=tuple(f" u{i}" for i in range(200)), chunk_delay=0.05)
@@ -491,17 +495,10 @@ async def test_closing_the_routers_stream_closes_the_winner_before_it_returns(
     sim, _ = served
     sim.set_models([LONG])
     settings = load_settings()
-    finished, unsubscribe = _finished_events()
-    try:
-        stream = _router(settings).stream({"messages": MESSAGES}, settings)
-        model, _ = await stream.__anext__()
-        assert model == "long/a:free"
-        await stream.aclose()
-        assert [(f.model, f.ok) for f in finished] == [("long/a:free", False)]
-    finally:
-        unsubscribe()
-    await sim.wait_idle(3)
-    assert sim.requests[0].outcome == "client_closed"
+    model, _ = await _first_then_close(
+        sim, _router(settings).stream({"messages": MESSAGES}, settings)
+    )
+    assert model == "long/a:free"
 
 
 async def test_closing_the_providers_chunks_closes_the_winner_before_it_returns(
@@ -514,17 +511,8 @@ async def test_closing_the_providers_chunks_closes_the_winner_before_it_returns(
 
     sim, _ = served
     sim.set_models([LONG])
-    settings = load_settings()
-    finished, unsubscribe = _finished_events()
-    try:
-        chunks = _generic_chunks({"messages": MESSAGES}, settings)
-        assert (await chunks.__anext__())["text"] == " u0"
-        await chunks.aclose()
-        assert [(f.model, f.ok) for f in finished] == [("long/a:free", False)]
-    finally:
-        unsubscribe()
-    await sim.wait_idle(3)
-    assert sim.requests[0].outcome == "client_closed"
+    first = await _first_then_close(sim, _generic_chunks({"messages": MESSAGES}, load_settings()))
+    assert first["text"] == " u0"
 
 
 # --- a timeout never swallows a cancellation -----------------------------------------------

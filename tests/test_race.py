@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -50,6 +51,40 @@ def test_fastest_first_token_wins_and_losers_are_closed(upstream: Upstream) -> N
     assert request_tasks() == []
 
 
+def _start_race(
+    session: aiohttp.ClientSession,
+    upstream: Upstream,
+    models: list[str],
+    kind: Callable[[str], type[Contender]],
+) -> asyncio.Future[Any]:
+    """``race()`` run as a task of its own among ``models``, all started at once, each a
+    contender of the class ``kind(model id)`` gives, against the fake OpenRouter."""
+
+    def make(model: FreeModel, now: float) -> Contender:
+        body = {"model": model.id, "messages": MESSAGES, "stream": True}
+        return kind(model.id)(
+            model,
+            session=session,
+            url=f"{upstream.url}/chat/completions",
+            headers={"Authorization": f"Bearer {KEY}"},
+            body=json.dumps(body).encode(),
+            started=now,
+            idle_timeout=None,
+        )
+
+    return asyncio.ensure_future(
+        race(
+            [FreeModel(m) for m in models],
+            make=make,
+            width=len(models),
+            first_token_timeout=None,
+            hedge_after=lambda model: 0.0,
+            on_start=lambda contender: None,
+            on_failure=lambda failure: None,
+        )
+    )
+
+
 async def test_a_first_token_in_the_turn_the_race_is_cancelled_still_closes(
     upstream: Upstream,
 ) -> None:
@@ -68,30 +103,7 @@ async def test_a_first_token_in_the_turn_the_race_is_cancelled_still_closes(
             race_task.cancel()  # lands in the same turn as the first token
 
     async with aiohttp.ClientSession() as session:
-
-        def make(model: FreeModel, now: float) -> Contender:
-            body = {"model": model.id, "messages": MESSAGES, "stream": True}
-            return CancelsItsRace(
-                model,
-                session=session,
-                url=f"{upstream.url}/chat/completions",
-                headers={"Authorization": f"Bearer {KEY}"},
-                body=json.dumps(body).encode(),
-                started=now,
-                idle_timeout=None,
-            )
-
-        race_task = asyncio.ensure_future(
-            race(
-                [FreeModel("stall/a:free")],
-                make=make,
-                width=1,
-                first_token_timeout=None,
-                hedge_after=lambda model: 0.0,
-                on_start=lambda contender: None,
-                on_failure=lambda failure: None,
-            )
-        )
+        race_task = _start_race(session, upstream, ["stall/a:free"], lambda model: CancelsItsRace)
         with pytest.raises(asyncio.CancelledError):
             await race_task
         await asyncio.to_thread(upstream.wait_idle, 5)
@@ -122,30 +134,11 @@ async def test_a_race_cancelled_while_its_losers_settle_closes_its_winner(
                 raise
 
     async with aiohttp.ClientSession() as session:
-
-        def make(model: FreeModel, now: float) -> Contender:
-            kind = CancelsTheRaceAsItLoses if model.id.startswith("lose") else Contender
-            body = {"model": model.id, "messages": MESSAGES, "stream": True}
-            return kind(
-                model,
-                session=session,
-                url=f"{upstream.url}/chat/completions",
-                headers={"Authorization": f"Bearer {KEY}"},
-                body=json.dumps(body).encode(),
-                started=now,
-                idle_timeout=None,
-            )
-
-        race_task = asyncio.ensure_future(
-            race(
-                [FreeModel("win/a:free"), FreeModel("lose/b:free")],
-                make=make,
-                width=2,
-                first_token_timeout=None,
-                hedge_after=lambda model: 0.0,
-                on_start=lambda contender: None,
-                on_failure=lambda failure: None,
-            )
+        race_task = _start_race(
+            session,
+            upstream,
+            ["win/a:free", "lose/b:free"],
+            lambda model: CancelsTheRaceAsItLoses if model.startswith("lose") else Contender,
         )
         with pytest.raises(asyncio.CancelledError):
             await race_task

@@ -47,13 +47,7 @@ class Resilient(StateStore):
         self._next_probe = 0.0
         self._closed = False
         if down is not None:
-            self._down = f"{self.kind} at {self.where} is unavailable ({down})"
-            log.warning(
-                "freerouter state: %s; carrying on with this process's own state, and trying"
-                " again every %g s",
-                self._down,
-                self.retry_every,
-            )
+            self._mark_down(down, probe_in=0.0)
 
     @property
     def problem(self) -> str | None:
@@ -84,11 +78,16 @@ class Resilient(StateStore):
         return result
 
     def _went_away(self, exc: BaseException) -> None:
+        self._mark_down(_describe(exc), probe_in=self.retry_every)
+
+    def _mark_down(self, why: str, probe_in: float) -> None:
+        """The store is away (``why``): use the local state, and probe it again after
+        ``probe_in`` seconds; warn the first time only."""
         with self._lock:
             first = self._down is None
-            self._down = f"{self.kind} at {self.where} is unavailable ({_describe(exc)})"
+            self._down = f"{self.kind} at {self.where} is unavailable ({why})"
             self._answered = False
-            self._next_probe = time.monotonic() + self.retry_every
+            self._next_probe = time.monotonic() + probe_in
         if first:
             log.warning(
                 "freerouter state: %s; carrying on with this process's own state, and trying"
