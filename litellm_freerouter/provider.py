@@ -526,6 +526,12 @@ def _tag_wrapper_chunks() -> None:
         if winner and isinstance(stream, (ChunkStream, AsyncChunkStream)):
             try:
                 response.freerouter_model = winner
+                # As on our own chunks: the proxy writes a chunk with no provider fields
+                # by a fast path that keeps only OpenAI's fields (litellm 1.108), which
+                # would drop the winner from the finish chunk.
+                delta = response.choices[0].delta if response.choices else None
+                if delta is not None and getattr(delta, "provider_specific_fields", None) is None:
+                    delta.provider_specific_fields = {"freerouter_model": winner}
             except (AttributeError, TypeError, ValueError):
                 pass
         return response

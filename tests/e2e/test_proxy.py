@@ -194,7 +194,7 @@ def content_of(chunk: Any) -> str:
 
 
 def stream_once(proxy: Proxy, prompt: str) -> tuple[str, set[str | None], list[Any]]:
-    """Text, the freerouter_model values of the content chunks, and every chunk."""
+    """Text, the freerouter_model values of every chunk, and every chunk."""
     with client_of(proxy) as client:
         chunks = list(
             client.chat.completions.create(
@@ -205,7 +205,7 @@ def stream_once(proxy: Proxy, prompt: str) -> tuple[str, set[str | None], list[A
             )
         )
     text = "".join(content_of(chunk) for chunk in chunks)
-    winners = {(c.model_extra or {}).get("freerouter_model") for c in chunks if content_of(c)}
+    winners = {(c.model_extra or {}).get("freerouter_model") for c in chunks}
     return text, winners, chunks
 
 
