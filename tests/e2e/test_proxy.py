@@ -24,7 +24,7 @@ import httpx
 import openai
 import pytest
 
-from litellm_freerouter.config import TUNABLES
+from litellm_freerouter.config import TUNABLES, load_settings
 from litellm_freerouter.simulator import ModelScript, RecordedRequest, Simulator, SimulatorThread
 
 from .proxy_harness import (
@@ -243,6 +243,16 @@ def test_example_config_litellm_params_are_all_known() -> None:
     # It shows every tunable, as the README says: the optional ones as comments.
     text = EXAMPLE_CONFIG.read_text()
     assert [t for t in TUNABLES if not re.search(rf"^\s+#? ?{t}: ", text, re.M)] == []
+
+
+def test_example_config_leaves_every_tunable_to_the_environment() -> None:
+    """A key set in the config beats FREEROUTER_<NAME>; the example sets none, so the
+    README's advice (e.g. FREEROUTER_HEDGE_DELAY=auto) reaches a proxy run from it."""
+    (entry,) = example_config()["model_list"]
+    environ = {"FREEROUTER_HEDGE_DELAY": "auto", "FREEROUTER_RACE_WIDTH": "2"}
+    settings = load_settings(entry["litellm_params"], environ=environ)
+    assert (settings.hedge_delay, settings.race_width) == ("auto", 2)
+    assert set(entry["litellm_params"]) & set(TUNABLES) == set()
 
 
 def test_streamed_completion(example_proxy: Proxy, openrouter: FakeOpenRouter) -> None:
