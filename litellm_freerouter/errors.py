@@ -205,21 +205,31 @@ def error_message(body: Any) -> str:
     return str(said or (body if isinstance(body, str) else "") or "").strip()
 
 
+def redact(text: str, secret: str | None) -> str:
+    """``text`` with ``secret`` (the API key) taken out: an upstream that echoes the key in its
+    error must not make freerouter write it into an exception, a log line or an event."""
+    if secret and len(secret) >= 8 and secret in text:
+        return text.replace(secret, "[OPENROUTER_API_KEY]")
+    return text
+
+
 def classify(
     status: int,
     body: Any,
     headers: Mapping[str, str] | None = None,
     *,
     model: str | None = None,
+    secret: str | None = None,
 ) -> Failure:
     """Decide what an upstream error means for routing: OpenRouter's errors by scope, as the
-    README's "What a failure means" table lists them."""
+    README's "What a failure means" table lists them.  ``secret`` is redacted from what the
+    upstream said."""
     error = body.get("error") if isinstance(body, Mapping) else None
     if not isinstance(error, Mapping):
         error = {}
-    message = error_message(body)
+    message = redact(error_message(body), secret)
     meta = error.get("metadata") if isinstance(error.get("metadata"), Mapping) else {}
-    raw = str(meta.get("raw") or "") if isinstance(meta, Mapping) else ""
+    raw = redact(str(meta.get("raw") or ""), secret) if isinstance(meta, Mapping) else ""
     text = f"{message} {raw}"
     message = message or f"HTTP {status}"
     retry_after = retry_after_of(body if isinstance(body, Mapping) else None, headers)
@@ -256,13 +266,15 @@ def classify(
     return failure("rejected", "model")
 
 
-def classify_error_chunk(error: Mapping[str, Any], *, model: str | None) -> Failure:
+def classify_error_chunk(
+    error: Mapping[str, Any], *, model: str | None, secret: str | None = None
+) -> Failure:
     """An error that arrived inside a 200 stream counts by its code."""
     code = error.get("code")
     status = code if isinstance(code, int) and 100 <= code <= 599 else None
     if status is None and isinstance(code, str) and code.isdigit():
         status = int(code)
-    return classify(status or 502, {"error": error}, model=model)
+    return classify(status or 502, {"error": error}, model=model, secret=secret)
 
 
 # --- messages for the caller -----------------------------------------------------------------

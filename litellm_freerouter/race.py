@@ -71,6 +71,8 @@ class Contender:
         self._session = session
         self._url = url
         self._headers = headers
+        # The key, to redact from whatever the upstream says back.
+        self._secret = headers.get("Authorization", "").partition("Bearer ")[2].strip() or None
         self._body = body
         self.started = started
         self.first_token_at: float | None = None
@@ -116,7 +118,13 @@ class Contender:
         if response.status != 200:
             body = decode_error_body(await read_error_body(response))
             raise UpstreamError(
-                classify(response.status, body, dict(response.headers), model=self.id)
+                classify(
+                    response.status,
+                    body,
+                    dict(response.headers),
+                    model=self.id,
+                    secret=self._secret,
+                )
             )
 
     async def _next_delta(self) -> Delta | None:
@@ -133,7 +141,9 @@ class Contender:
                     log.debug("%s: skipped an event that is not a chunk", self.id)
                     continue
                 if delta.error is not None:
-                    raise UpstreamError(classify_error_chunk(delta.error, model=self.id))
+                    raise UpstreamError(
+                        classify_error_chunk(delta.error, model=self.id, secret=self._secret)
+                    )
                 if delta.is_token or delta.finish_reason or delta.usage:
                     return delta
             response = self._response

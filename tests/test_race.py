@@ -12,6 +12,7 @@ import aiohttp
 import litellm
 import pytest
 
+from litellm_freerouter import events
 from litellm_freerouter.catalog import FreeModel
 from litellm_freerouter.race import Contender, race
 from litellm_freerouter.simulator import ModelScript
@@ -316,8 +317,16 @@ def test_error_chunk_inside_200_counts_by_its_code(upstream: Upstream) -> None:
             fast("good/b:free", "fine", context_length=2000, delay=0.2),
         ]
     )
-    text, _ = ask()
+    kinds: list[str] = []
+    stop = events.subscribe(
+        lambda e: kinds.append(e.kind) if isinstance(e, events.ContenderFailed) else None
+    )
+    try:
+        text, _ = ask()
+    finally:
+        stop()
     assert text == "fine"
+    assert kinds == ["rate_limited"]  # a 429, not the 502 an error event without a code is
     ask()
     assert upstream.sim.calls_for("oops/a:free") == 1
 

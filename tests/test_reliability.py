@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import random
 import socket
 import threading
@@ -30,6 +31,7 @@ from litellm_freerouter.requirements import requirements_of
 from litellm_freerouter.simulator import ModelScript, Simulator, SimulatorThread
 
 from .conftest import (
+    KEY,
     Upstream,
     cool,
     cool_once_listed,
@@ -259,10 +261,28 @@ async def failure_of(
 
 @pytest.mark.parametrize(("mode", "stream"), MODES, ids=MODE_IDS)
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
-async def test_fault(upstream: Upstream, fault: Fault, mode: str, stream: bool) -> None:
-    """Each fault gives a clean fallback or its own clear error, and leaves nothing open."""
-    faulty = ModelScript("faulty/a:free", context_length=1000, **fault.script)
-    healthy = fast("healthy/b:free", "fallback answer", delay=0.25, context_length=2000)
+async def test_fault(
+    upstream: Upstream,
+    fault: Fault,
+    mode: str,
+    stream: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each fault gives a clean fallback or its own clear error, and leaves nothing open.
+
+    An account-wide fault stops the request at once: the other model, which would never
+    answer, is hung up on rather than waited for.  Whatever the upstream says echoes the key,
+    which must reach neither the error, nor the log, nor the router's events."""
+    caplog.set_level(logging.DEBUG, logger="litellm_freerouter")
+    script = dict(fault.script)
+    if "status" in script or "error_chunk_after" in script:
+        script["error_message"] = f"{script.get('error_message') or 'it failed'} (key {KEY})"
+    faulty = ModelScript("faulty/a:free", context_length=1000, **script)
+    account_wide = fault.kind[1] == "account"
+    if account_wide:
+        healthy = ModelScript("healthy/b:free", stall_before_first_token=True, context_length=2000)
+    else:
+        healthy = fast("healthy/b:free", "fallback answer", delay=0.25, context_length=2000)
     upstream.sim.set_models([faulty] if fault.alone else [faulty, healthy])
     failures = failures_seen()
     try:
@@ -272,10 +292,16 @@ async def test_fault(upstream: Upstream, fault: Fault, mode: str, stream: bool) 
         else:
             error = await failure_of(mode, stream, fault.error, **fault.extra)
             assert fault.says in str(error)
+            assert KEY not in str(error)
     finally:
         seen = failures.stop()
     assert seen == [("faulty/a:free", *fault.kind)]
+    assert not [reason for reason in failures.reasons if KEY in reason]
+    assert KEY not in caplog.text
     await nothing_left_open(upstream)
+    if account_wide:
+        (other,) = [r for r in upstream.sim.requests if r.model == "healthy/b:free"]
+        assert other.outcome == "client_closed"
 
 
 class failures_seen:
@@ -283,11 +309,13 @@ class failures_seen:
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str, str, float | None]] = []
+        self.reasons: list[str] = []
         self.stop_listening = events.subscribe(self._on_event)
 
     def _on_event(self, event: events.Event) -> None:
         if isinstance(event, events.ContenderFailed):
             self.seen.append((event.model, event.kind, event.scope, event.cooldown))
+            self.reasons.append(event.reason)
 
     def stop(self) -> list[tuple[str, str, str, float | None]]:
         self.stop_listening()
