@@ -120,15 +120,27 @@ async def test_cancelled_stream_consumer_closes_upstream(
     assert request_tasks() == []
 
 
+# The caller's own timeout, not first_token_timeout (30 s here), ends these calls.
+CALLERS_TIMEOUT = "caller's timeout of 0.5 s"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 async def test_litellm_timeout_argument_bounds_the_wait(
-    served: tuple[Simulator, TestServer],
+    served: tuple[Simulator, TestServer], stream: bool
 ) -> None:
     """litellm's timeout= turns a silent race into litellm.Timeout and closes everything."""
     sim, _ = served
     sim.set_models([ModelScript("stall/a:free", stall_before_first_token=True)])
-    with pytest.raises(litellm.Timeout):
-        await litellm.acompletion(model="freerouter/auto", messages=MESSAGES, timeout=0.5)
+    with pytest.raises(litellm.Timeout) as caught:
+        response = await litellm.acompletion(
+            model="freerouter/auto", messages=MESSAGES, timeout=0.5, stream=stream
+        )
+        if stream:
+            async for _ in response:
+                pass
+    assert CALLERS_TIMEOUT in str(caught.value)
     await sim.wait_idle(3)
+    assert sim.closed_by_client == 1
     assert request_tasks() == []
 
 
@@ -146,13 +158,41 @@ def test_breaking_out_of_sync_stream_closes_upstream(upstream: Upstream) -> None
     assert request_tasks() == []
 
 
-def test_sync_timeout_argument(upstream: Upstream) -> None:
-    """A sync call with timeout= raises litellm.Timeout and leaves nothing running."""
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_sync_timeout_argument(upstream: Upstream, stream: bool) -> None:
+    """A sync call with timeout= (aider passes one) raises litellm.Timeout and leaves
+    nothing running."""
     upstream.sim.set_models([ModelScript("stall/a:free", stall_before_first_token=True)])
-    with pytest.raises(litellm.Timeout):
-        litellm.completion(model="freerouter/auto", messages=MESSAGES, timeout=0.5)
+    with pytest.raises(litellm.Timeout) as caught:
+        response = litellm.completion(
+            model="freerouter/auto", messages=MESSAGES, timeout=0.5, stream=stream
+        )
+        if stream:
+            for _ in response:
+                pass
+    assert CALLERS_TIMEOUT in str(caught.value)
     upstream.wait_idle(3)
+    assert upstream.sim.closed_by_client == 1
     assert request_tasks() == []
+
+
+def test_abandoned_sync_stream_is_cancelled_once_the_caller_stops_reading(
+    upstream: Upstream,
+) -> None:
+    """The sync twin of the async test above: a reader that stops without closing (and keeps
+    its reference) is detected by flow control within idle_timeout, upstream closed."""
+    upstream.sim.set_models(
+        [ModelScript("long/a:free", chunks=tuple(f" z{i}" for i in range(2000)), chunk_delay=0.005)]
+    )
+    stream = litellm.completion(
+        model="freerouter/auto", messages=MESSAGES, stream=True, idle_timeout=0.3
+    )
+    for _ in stream:
+        break  # and never read again, never close
+    upstream.wait_idle(5)
+    assert upstream.sim.closed_by_client == 1
+    assert upstream.sim.requests[0].outcome == "client_closed"
+    del stream
 
 
 def test_sync_calls_from_threads_and_in_a_row(upstream: Upstream) -> None:
