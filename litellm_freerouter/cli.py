@@ -37,6 +37,10 @@ from .health import ModelView
 from .provider import _router
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 @dataclass
 class App:
     """What every subcommand needs: the global options, settings, and the two outputs."""
@@ -48,7 +52,9 @@ class App:
     _outputs: dict[str, Output] = field(default_factory=dict)
 
     def settings(self, overrides: Mapping[str, Any] | None = None) -> Settings:
-        return load_settings(overrides, api_key=self.api_key, api_base=self.api_base)
+        return load_settings(
+            overrides, api_key=self.api_key, api_base=self.api_base, override_source=_flag
+        )
 
     @property
     def key_source(self) -> str:

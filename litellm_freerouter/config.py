@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,13 +63,22 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.race_width < 1:
-            raise ConfigurationError(f"race_width must be at least 1, got {self.race_width}")
+            raise ConfigurationError(
+                f"race_width must be at least 1, got {self.race_width}", setting="race_width"
+            )
         for name in ("first_token_timeout", "idle_timeout"):
             value = getattr(self, name)
             if value is not None and not value > 0:
-                raise ConfigurationError(f"{name} must be a positive number of seconds or none")
+                raise ConfigurationError(
+                    f"{name} must be a positive number of seconds or none", setting=name
+                )
+        if not (self.refresh_interval > 0 and math.isfinite(self.refresh_interval)):
+            raise ConfigurationError(
+                "refresh_interval must be a positive number of seconds (how often the"
+                " free-model list is fetched again)",
+                setting="refresh_interval",
+            )
         for name in (
-            "refresh_interval",
             "cooldown_rate_limit",
             "cooldown_slow",
             "cooldown_rejected",
@@ -77,20 +86,28 @@ class Settings:
         ):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
-                raise ConfigurationError(f"{name} must be a non-negative number of seconds")
+                raise ConfigurationError(
+                    f"{name} must be a non-negative number of seconds", setting=name
+                )
         if isinstance(self.hedge_delay, str):
             if self.hedge_delay != "auto":
-                raise ConfigurationError("hedge_delay must be a number of seconds or 'auto'")
+                raise ConfigurationError(
+                    "hedge_delay must be a number of seconds or 'auto'", setting="hedge_delay"
+                )
         elif not (self.hedge_delay >= 0 and math.isfinite(self.hedge_delay)):
-            raise ConfigurationError("hedge_delay must be a non-negative number or 'auto'")
+            raise ConfigurationError(
+                "hedge_delay must be a non-negative number or 'auto'", setting="hedge_delay"
+            )
         if self.quota_reserve < 0:
-            raise ConfigurationError("quota_reserve must not be negative")
+            raise ConfigurationError("quota_reserve must not be negative", setting="quota_reserve")
         if self.resume < 0:
-            raise ConfigurationError("resume must not be negative")
+            raise ConfigurationError("resume must not be negative", setting="resume")
         if self.requests_per_minute < 0:
-            raise ConfigurationError("requests_per_minute must not be negative")
+            raise ConfigurationError(
+                "requests_per_minute must not be negative", setting="requests_per_minute"
+            )
         if not 0 <= self.explore <= 1:
-            raise ConfigurationError("explore must be between 0 and 1")
+            raise ConfigurationError("explore must be between 0 and 1", setting="explore")
         if not self.api_base.startswith(("http://", "https://")):
             raise ConfigurationError(f"api_base must be an http(s) URL, got {self.api_base!r}")
 
@@ -150,8 +167,11 @@ def _convert(name: str, raw: Any) -> Any:
             return None if raw in (None, "") else str(raw)
         return float(raw)
     except (TypeError, ValueError):
-        env = ENV_PREFIX + name.upper()
-        raise ConfigurationError(f"invalid value {raw!r} for {name} ({env})") from None
+        raise ConfigurationError(f"invalid value {raw!r} for {name}", setting=name) from None
+
+
+def _litellm_param(name: str) -> str:
+    return f"{name} in litellm_params or the call's arguments"
 
 
 def load_settings(
@@ -160,16 +180,37 @@ def load_settings(
     api_key: str | None = None,
     api_base: str | None = None,
     environ: Mapping[str, str] | None = None,
+    override_source: Callable[[str], str] = _litellm_param,
 ) -> Settings:
-    """Settings from explicit arguments, ``overrides`` (litellm_params), then the environment."""
+    """Settings from explicit arguments, ``overrides`` (litellm_params), then the environment.
+
+    A bad value is a :class:`ConfigurationError` that says where it was set:
+    ``override_source(name)`` for an override, else the environment variable.
+    """
     env = os.environ if environ is None else environ
     overrides = overrides or {}
     values: dict[str, Any] = {}
-    for name in TUNABLES:
-        if overrides.get(name) is not None:
-            values[name] = _convert(name, overrides[name])
-        elif (raw := env.get(ENV_PREFIX + name.upper())) not in (None, ""):
-            values[name] = _convert(name, raw)
+    origin: dict[str, str] = {}
+    try:
+        for name in TUNABLES:
+            if overrides.get(name) is not None:
+                origin[name] = override_source(name)
+                values[name] = _convert(name, overrides[name])
+            elif (raw := env.get(ENV_PREFIX + name.upper())) not in (None, ""):
+                origin[name] = ENV_PREFIX + name.upper()
+                values[name] = _convert(name, raw)
+        settings = _settings(values, api_key, api_base, env)
+    except ConfigurationError as exc:
+        where = origin.get(exc.setting or "")
+        if where is None:
+            raise
+        raise ConfigurationError(f"{exc} (set by {where})", setting=exc.setting) from None
+    return settings
+
+
+def _settings(
+    values: dict[str, Any], api_key: str | None, api_base: str | None, env: Mapping[str, str]
+) -> Settings:
     # Blanks around a key or URL (a newline from a secret file, a pasted space) are not part of
     # it; a key sent with them would fail as if every model were unreachable.
     values["api_key"] = _stripped(api_key) or _stripped(env.get("OPENROUTER_API_KEY")) or None

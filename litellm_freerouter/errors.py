@@ -44,7 +44,11 @@ class FreeRouterError(Exception):
 
 
 class ConfigurationError(FreeRouterError, ValueError):
-    """A setting or argument is invalid; the message names it."""
+    """A setting or argument is invalid; the message names it (``setting``: which tunable)."""
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class MissingKeyError(ConfigurationError):

@@ -168,6 +168,35 @@ async def test_refresh_failure_keeps_the_last_good_list() -> None:
     assert [m.id for m in catalog.models or ()] == ["b/b:free"]
 
 
+async def test_the_background_refresh_goes_on_after_its_own_failures() -> None:
+    """/models down at a scheduled refresh, twice: the list is kept, and the task keeps
+    trying on its own until a fetch succeeds."""
+    fetched = asyncio.Event()
+    answers: list[Any] = [
+        [FreeModel("a/a:free")],
+        RuntimeError("down"),
+        RuntimeError("still down"),
+        [FreeModel("b/b:free")],
+    ]
+    seen: list[list[str] | None] = []
+
+    async def fetch() -> list[FreeModel]:
+        answer = answers[min(len(seen), len(answers) - 1)]
+        seen.append(None if isinstance(answer, Exception) else [m.id for m in answer])
+        if len(seen) == len(answers):
+            fetched.set()
+        if isinstance(answer, Exception):
+            raise answer
+        return list(answer)
+
+    catalog = Catalog(fetch, refresh_interval=0.01)
+    assert [m.id for m in await catalog.get()] == ["a/a:free"]  # starts the background task
+    await asyncio.wait_for(fetched.wait(), 5)
+    await catalog.aclose()
+    assert seen[:4] == [["a/a:free"], None, None, ["b/b:free"]]
+    assert [m.id for m in catalog.models or ()] == ["b/b:free"]
+
+
 async def test_first_fetch_failure_is_a_clear_error() -> None:
     """With no list at all, a failed fetch says the list could not be fetched."""
 

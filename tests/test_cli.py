@@ -430,7 +430,9 @@ def test_chat_invalid_setting_is_one_line(api: Upstream) -> None:
     """An invalid tunable is named in one line, before anything is sent."""
     result = invoke(["chat", "hi", "--race-width", "0"])
     assert result.exit_code == 1
-    assert result.stderr == "freerouter: error: race_width must be at least 1, got 0\n"
+    assert result.stderr == (
+        "freerouter: error: race_width must be at least 1, got 0 (set by --race-width)\n"
+    )
 
 
 def test_chat_against_nothing_says_unreachable() -> None:
@@ -668,3 +670,13 @@ def test_models_shows_a_model_whose_limit_is_used_up(api: Upstream) -> None:
     )
     (entry,) = json.loads(invoke(["state", "show", "--json"]).stdout)["at_limit"]
     assert entry["model"] == "lim/a:free" and entry["limit_rpm"] == 1
+
+
+@pytest.mark.parametrize(
+    "args", [["frobnicate"], ["state", "wipe"], ["chat", "hi", "--max-tokens", "0"]]
+)
+def test_a_mistyped_command_or_option_prints_usage_and_exits_2(args: list[str]) -> None:
+    """As the README says: usage errors are click's, with status 2, not status 1."""
+    result = invoke(args)
+    assert result.exit_code == 2
+    assert "Usage: " in result.stderr and "Error: " in result.stderr

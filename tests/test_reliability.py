@@ -14,6 +14,7 @@ import logging
 import random
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -522,10 +523,13 @@ async def test_a_request_fails_at_once_when_no_model_returns_in_time(
     upstream.sim.set_models([fast("only/a:free", "never sent")])
     cool("only/a:free", cooling)
     waits = waits_seen()
+    began = time.monotonic()
     try:
         error = await failure_of(mode, stream, litellm.ServiceUnavailableError, **extra)
     finally:
         waits.stop()
+    # Not a speed goal: waiting at all would take the whole 30 s wait_for_model.
+    assert time.monotonic() - began < 10, "the call waited for a model"
     assert "all 1 free models that can serve this request are cooling down" in str(error)
     assert "later than a request waits (FREEROUTER_WAIT_FOR_MODEL" in str(error), str(error)
     assert waits.seconds == [] and upstream.sim.requests == []

@@ -177,8 +177,11 @@ def test_daily_quota_is_remembered_without_sending(mocked: Any) -> None:
 
 
 def test_invalid_tunable_is_a_clear_bad_request(mocked: Any) -> None:
-    """A bad tunable value names the setting and its variable; nothing is sent."""
-    with pytest.raises(litellm.BadRequestError, match=r"race_width \(FREEROUTER_RACE_WIDTH\)"):
+    """A bad tunable value names the setting and where it was set; nothing is sent."""
+    with pytest.raises(
+        litellm.BadRequestError,
+        match=r"'lots' for race_width \(set by race_width in litellm_params or the call's",
+    ):
         litellm.completion(
             model="freerouter/auto", messages=[{"role": "user", "content": "x"}], race_width="lots"
         )
