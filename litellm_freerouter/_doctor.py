@@ -30,6 +30,7 @@ from .errors import (
     AllModelsFailed,
     CatalogUnavailable,
     Failure,
+    MalformedKeyError,
     NoModelAvailable,
     UpstreamError,
     account_message,
@@ -100,8 +101,18 @@ class Doctor:
 
     def check_key_present(self) -> str | None:
         if self.settings.api_key:
+            try:
+                key = self.settings.require_key()
+            except MalformedKeyError:
+                self.report(
+                    "fail",
+                    f"API key: set (from {self.key_source}), but it has a space or control"
+                    " character inside, so no request could send it",
+                    f"set {self.key_source} again to the key alone (pasted with another line?)",
+                )
+                return None
             self.report("ok", f"API key: set (from {self.key_source})")
-            return self.settings.api_key
+            return key
         self.report(
             "fail",
             "API key: missing",
@@ -178,7 +189,7 @@ class Doctor:
             self.report(
                 "fail",
                 "API key: rejected by OpenRouter (401)",
-                f"check OPENROUTER_API_KEY for typos, or create a new key at {KEYS_URL}",
+                f"check {self.key_source} for typos, or create a new key at {KEYS_URL}",
             )
             return False
         if info.status != 200:

@@ -15,7 +15,7 @@ from ._race_view import RaceRecord
 from ._ui import Output, ms, one_line
 from .catalog import FreeModel
 from .config import Settings
-from .errors import CatalogUnavailable, FreeRouterError, MissingKeyError
+from .errors import CatalogUnavailable, FreeRouterError, MalformedKeyError, MissingKeyError
 from .provider import MODEL_NAME, _router
 from .router import Router
 
@@ -106,7 +106,8 @@ def describe(exc: BaseException, base: str | None = None) -> str:
     if isinstance(original, BaseException) and original is not exc:
         return describe(original, base)
     if isinstance(exc, MissingKeyError):
-        return MISSING_KEY
+        # Set but unusable is not missing: say what is wrong with it.
+        return one_line(str(exc)) if isinstance(exc, MalformedKeyError) else MISSING_KEY
     if isinstance(exc, CatalogUnavailable):
         return one_line(catalog_problem(exc, base or "the API base"))
     if isinstance(exc, (FreeRouterError, TimeoutError)):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigurationError, MissingKeyError
+from .errors import ConfigurationError, MalformedKeyError, MissingKeyError
 
 DEFAULT_API_BASE = "https://openrouter.ai/api/v1"
 APP_URL = "https://github.com/litellm-freerouter/litellm-freerouter"
@@ -130,7 +130,7 @@ class Settings:
             )
         if any(ch.isspace() or not ch.isprintable() for ch in self.api_key):
             # Never sent: it could not go into a header, and every model would seem unreachable.
-            raise MissingKeyError(
+            raise MalformedKeyError(
                 "The OpenRouter API key has a space or control character inside it (pasted with"
                 " another line?): check OPENROUTER_API_KEY or api_key=..."
             )

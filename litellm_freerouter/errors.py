@@ -55,6 +55,10 @@ class MissingKeyError(ConfigurationError):
     """No API key was given."""
 
 
+class MalformedKeyError(MissingKeyError):
+    """The key has a blank or control character inside: it cannot be sent."""
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
     """What went wrong with one model on one request."""

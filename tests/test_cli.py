@@ -225,6 +225,24 @@ def test_doctor_reports_a_rejected_key(api: Upstream) -> None:
     assert api.sim.requests == []
 
 
+def test_doctor_fails_a_key_no_request_could_send(api: Upstream) -> None:
+    """A key with a newline inside (two lines pasted) is set but unusable: doctor fails it
+    rather than saying all is good, and names where it came from; nothing is sent."""
+    api.sim.set_models(mixed_models())
+    result = invoke(["doctor"], env={"OPENROUTER_API_KEY": f"{KEY}\n{KEY}"})
+    assert result.exit_code == 1
+    assert "✗ API key: set (from OPENROUTER_API_KEY), but it has a space" in result.stdout
+    assert "All good" not in result.stdout
+    assert api.sim.requests == []
+
+
+def test_doctor_names_the_option_a_rejected_key_came_from(api: Upstream) -> None:
+    api.sim.set_models(mixed_models())
+    result = invoke(["--api-key", "sk-or-wrong-key", "doctor"])
+    assert result.exit_code == 1
+    assert "check --api-key for typos" in result.stdout
+
+
 def test_doctor_all_good_shows_the_quota_and_probes_once(api: Upstream) -> None:
     """A healthy setup passes every check; the probe spends exactly one request of the quota."""
     api.sim.set_models([fast(WINNER, "OK"), fast("also/fine:free", "OK")])
@@ -362,6 +380,17 @@ def test_chat_without_a_key_is_one_line(api: Upstream) -> None:
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith("freerouter: error: no OpenRouter API key")
     assert "OPENROUTER_API_KEY" in result.stderr
+    assert api.sim.requests == []
+
+
+def test_chat_with_a_key_that_has_a_blank_inside_says_so(api: Upstream) -> None:
+    """Set but unusable is not "no key": the one line says what is wrong with it."""
+    api.sim.set_models(mixed_models())
+    result = invoke(["chat", "hi"], env={"OPENROUTER_API_KEY": "sk-or-half one"})
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1
+    assert "space or control character inside" in result.stderr, result.stderr
+    assert "sk-or-half" not in result.stderr
     assert api.sim.requests == []
 
 
