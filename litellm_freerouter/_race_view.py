@@ -88,14 +88,15 @@ class RaceView:
             record.candidates = event.candidates
             if not self.quiet:
                 can = "model can" if event.candidates == 1 else "models can"
+                how = (
+                    f"up to {len(event.models)}, each when the one before runs late"
+                    if event.hedged
+                    else f"starting {len(event.models)} at once"
+                )
                 out.parts(
                     [
                         (f"race {event.request_id}", "bold cyan"),
-                        (
-                            f": {event.candidates} free {can} answer;"
-                            f" starting {len(event.models)} at once",
-                            None,
-                        ),
+                        (f": {event.candidates} free {can} answer; {how}", None),
                     ]
                 )
         elif isinstance(event, events.ContenderStarted):

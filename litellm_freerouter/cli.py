@@ -334,13 +334,15 @@ def doctor(app: App, probe: bool) -> None:
 @click.option(
     "--hedge-delay",
     metavar="SECONDS|auto",
-    help="Wait before adding each next contender [default: 0, all at once].",
+    help="Wait before adding each next contender; auto: until the one before runs late"
+    " [default: FREEROUTER_HEDGE_DELAY, else 0: all at once].",
 )
 @click.option(
     "--first-token-timeout",
     type=float,
     metavar="SECONDS",
-    help="Drop a contender with no first token by then [default: 30].",
+    help="Drop a contender with no first token by then"
+    " [default: FREEROUTER_FIRST_TOKEN_TIMEOUT, else 30].",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Only the answer: no race view on stderr.")
 @pass_app

@@ -26,9 +26,15 @@ class RaceStarted(Event):
     request_id: str
     models: tuple[str, ...]
     candidates: int
+    # True: the models start one at a time, each when the one before runs late (hedge_delay).
+    hedged: bool = False
 
     def message(self) -> str:
-        return f"[{self.request_id}] racing {', '.join(self.models)} ({self.candidates} candidates)"
+        how = ", hedged" if self.hedged else ""
+        return (
+            f"[{self.request_id}] racing {', '.join(self.models)}"
+            f" ({self.candidates} candidates{how})"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -573,7 +573,12 @@ class Router:
             ordered = self.rank(ready, settings, conversation, width)
             race_start = loop.time()
             events.emit(
-                events.RaceStarted(request_id, tuple(m.id for m in ordered[:width]), len(ordered))
+                events.RaceStarted(
+                    request_id,
+                    tuple(m.id for m in ordered[:width]),
+                    len(ordered),
+                    hedged=settings.hedge_delay != 0 and width > 1,
+                )
             )
             try:
                 outcome = await race(

@@ -340,6 +340,18 @@ def test_chat_streams_the_answer_to_stdout_and_the_race_to_stderr(api: Upstream)
     assert "drop   down/busy:free  server error: No instances available" in err
     assert f"won    {WINNER}  first token after" in err
     assert f"✓ answered by {WINNER}" in err.splitlines()[-1]
+    assert "free models can answer; starting 3 at once" in err
+
+
+def test_chat_hedged_says_the_models_start_one_at_a_time(api: Upstream) -> None:
+    """With --hedge-delay the view does not claim the race starts them all at once."""
+    api.sim.set_models([fast(WINNER, "hedged"), fast("b/two:free", "two", delay=5)])
+    result = invoke(["chat", "hi", "--hedge-delay", "auto"])
+    assert result.exit_code == 0, result.output
+    assert "2 free models can answer; up to 2, each when the one before runs late" in (
+        result.stderr
+    )
+    assert "at once" not in result.stderr
 
 
 def test_chat_passes_the_tunables_through(api: Upstream) -> None:
