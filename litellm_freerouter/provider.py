@@ -167,7 +167,7 @@ def _router(settings: Settings) -> Router:
         if cached is not None and cached.models:  # answer at once; refreshed when stale
             models = cached_models(cached.models)
             if models:
-                router.catalog.preload(models, cached.fetched_at)
+                router.preload_catalog(models, cached.fetched_at)
         eng.on_close(router.aclose)
     return router
 

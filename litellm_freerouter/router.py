@@ -134,6 +134,9 @@ class Router:
         self._quota_task: asyncio.Task[Any] | None = None
         self._endpoints_task: asyncio.Task[None] | None = None
         self.api_key: str | None = None  # the key of the latest request, for /endpoints
+        # A list preloaded from the state store that this key has no latency figures for:
+        # they are read on first use, as after a fetch (see preload_catalog).
+        self._endpoints_due = False
 
     # --- upstream reads ------------------------------------------------------------------------
 
@@ -205,11 +208,25 @@ class Router:
         else:
             action()
 
+    def preload_catalog(self, models: Sequence[FreeModel], fetched_at: float) -> None:
+        """Start from a list another process saved (the list is kept per endpoint, what is
+        learnt per key): a key that has no per-endpoint latency for it reads it on first use
+        instead of ranking blind until the list is next fetched."""
+        self.catalog.preload(models, fetched_at)
+        self._endpoints_due = not any(
+            self.health.stats(m.id).prior_ttft is not None for m in models
+        )
+
     async def models(self) -> tuple[FreeModel, ...]:
         """The catalogue's list; fetched (and its refresh started) on the home loop."""
         if self.catalog.needs_loop:
-            return await self._at_home(self.catalog.get)
-        return await self.catalog.get()
+            models = await self._at_home(self.catalog.get)
+        else:
+            models = await self.catalog.get()
+        if self._endpoints_due:
+            self._endpoints_due = False
+            self._soon_at_home(lambda: self._start_learning(models))
+        return models
 
     def _quota_due(self) -> bool:
         task = self._quota_task
@@ -228,6 +245,9 @@ class Router:
     def _on_catalog(self, models: Sequence[FreeModel]) -> None:
         """A new list: learn each model's serving provider and latency in the background."""
         self._save_catalog()
+        self._start_learning(models)
+
+    def _start_learning(self, models: Sequence[FreeModel]) -> None:
         if self._endpoints_task is None or self._endpoints_task.done():
             self._endpoints_task = asyncio.get_running_loop().create_task(
                 self._learn_endpoints([m.id for m in models]), name="freerouter-catalog-endpoints"

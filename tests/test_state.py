@@ -489,6 +489,32 @@ def test_a_new_process_answers_from_the_cached_catalogue(upstream: Upstream) -> 
     assert upstream.sim.models_fetches == fetches + 1
 
 
+def test_a_key_that_starts_from_a_list_another_key_cached_learns_its_latency(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The list is cached per endpoint, latency figures per key: a key whose process starts
+    from a fresh cached list reads the per-endpoint latency on its first request, rather than
+    ranking without it until the list is an hour old."""
+    from litellm_freerouter.provider import _router
+
+    upstream.sim.set_models([fast("good/a:free", "hi", endpoint_latency_ms=320.0)])
+    monkeypatch.delenv("OPENROUTER_API_KEY")
+    anonymous = _router(load_settings())  # as `freerouter models` without a key
+    engine.call_sync(anonymous.models)
+    engine.call_sync(anonymous.settle)
+    assert anonymous.health.stats("good/a:free").prior_ttft == pytest.approx(0.32)
+    new_process()
+    fetches = upstream.sim.models_fetches
+    monkeypatch.setenv("OPENROUTER_API_KEY", KEY)
+    assert ask().choices[0].message.content == "hi"
+    assert upstream.sim.models_fetches == fetches  # the cached list answered
+    health = env_router().health
+    deadline = time.monotonic() + 10
+    while health.stats("good/a:free").prior_ttft is None and time.monotonic() < deadline:
+        engine.call_sync(_yield_once)
+    assert health.stats("good/a:free").prior_ttft == pytest.approx(0.32)
+
+
 async def _yield_once() -> None:
     """Let the engine's loop run its other tasks for a moment."""
     import asyncio
