@@ -756,6 +756,10 @@ def test_missing_redis_package_falls_back_to_the_file(
     assert store.kind == "sqlite"
     assert "litellm-freerouter[redis]" in caplog.text
     store.close()
+    # ... and `state show` / doctor say it, not only a log line.
+    report = state.describe(load_settings())
+    assert report.backend == "sqlite"
+    assert report.problem is not None and "litellm-freerouter[redis]" in report.problem
 
 
 def test_state_files_have_no_key_with_redis_either(

@@ -244,10 +244,13 @@ def describe(settings: Settings, now: float | None = None) -> StateReport:
         block = health.account_block()
         quota = health.quota
         cached = store.load_catalog()
+        problem = store.problem
+        if settings.redis_url and store.kind != "redis":
+            problem = "; ".join(filter(None, [_redis_unused(settings.redis_url), problem]))
         return StateReport(
             backend=store.kind,
             where=store.where,
-            problem=store.problem,
+            problem=problem,
             cooling=cooling,
             at_limit=at_limit,
             blocked=None if block is None else block.kind,
@@ -263,6 +266,18 @@ def describe(settings: Settings, now: float | None = None) -> StateReport:
         )
     finally:
         store.close()
+
+
+def _redis_unused(url: str) -> str:
+    """Why a configured Redis is not the store (open_store fell back to a file)."""
+    try:
+        from .redis import RedisStore  # noqa: F401
+    except ImportError:
+        return (
+            "FREEROUTER_REDIS_URL is set but the redis package is not installed (pip install"
+            " 'litellm-freerouter[redis]'): state is not shared"
+        )
+    return "FREEROUTER_REDIS_URL is not a Redis URL (redis://host:port/db): state is not shared"
 
 
 def clear(settings: Settings, everything: bool = False) -> str:
