@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__)
     parser.add_argument(
-        "--quick", action="store_true", help="a 1-2 minute smoke run with few samples"
+        "--quick", action="store_true", help="a 3-4 minute smoke run with few samples"
     )
     parser.add_argument(
         "--sections",
