@@ -123,7 +123,11 @@ class FreeRouterCLI(click.Group):
             if app is not None:
                 with contextlib.suppress(ConfigurationError):
                     base = app.settings().base
-            raise CLIError(describe(exc, base), app.secret() if app else None) from None
+            said = describe(exc, base)
+            if app is not None and app.api_key:
+                # The key came from --api-key: that is what to check, not the variable.
+                said = said.replace("Check OPENROUTER_API_KEY", "Check --api-key")
+            raise CLIError(said, app.secret() if app else None) from None
 
 
 def _quiet_stdout() -> None:

@@ -243,6 +243,13 @@ def test_doctor_names_the_option_a_rejected_key_came_from(api: Upstream) -> None
     assert "check --api-key for typos" in result.stdout
 
 
+def test_chat_names_the_option_a_rejected_key_came_from(api: Upstream) -> None:
+    api.sim.set_models(mixed_models())
+    result = invoke(["--api-key", "sk-or-wrong-key", "chat", "hi"])
+    assert result.exit_code == 1
+    assert "rejected the API key (401). Check --api-key" in result.stderr, result.stderr
+
+
 def test_doctor_all_good_shows_the_quota_and_probes_once(api: Upstream) -> None:
     """A healthy setup passes every check; the probe spends exactly one request of the quota."""
     api.sim.set_models([fast(WINNER, "OK"), fast("also/fine:free", "OK")])
