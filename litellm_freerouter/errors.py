@@ -190,7 +190,10 @@ def _reset_at(error: Mapping[str, Any]) -> float | None:
         return None
     # OpenRouter sends epoch milliseconds; accept seconds too, should that ever change.
     reset = raw / 1000 if raw > 1e11 else raw
-    return reset if reset <= time.time() + MAX_RESET_AHEAD else None
+    # A reset already past (a garbled header, clock skew) would hold nothing: not believed,
+    # like one too far ahead; the caller falls back to the next UTC midnight.
+    now = time.time()
+    return reset if now < reset <= now + MAX_RESET_AHEAD else None
 
 
 def next_utc_midnight(now: float | None = None) -> float:

@@ -37,7 +37,7 @@ def body(message: str, **metadata: object) -> dict[str, object]:
             429,
             body(
                 "Rate limit exceeded: free-models-per-day. Add 10 credits",
-                headers={"X-RateLimit-Reset": "1790000000000"},
+                headers={"X-RateLimit-Reset": f"{next_utc_midnight() * 1000:.0f}"},
             ),
             "daily_quota",
             "account",
@@ -86,10 +86,11 @@ def test_classification_by_scope(status: int, payload: object, kind: str, scope:
 
 def test_daily_reset_is_read_from_epoch_milliseconds() -> None:
     """X-RateLimit-Reset in ms becomes an epoch-seconds reset time and an HH:MM UTC message."""
+    reset = next_utc_midnight() + 14 * 3600 + 13 * 60  # tomorrow, 14:13 UTC
     failure = classify(
-        429, body("free-models-per-day", headers={"X-RateLimit-Reset": "1790000000000"})
+        429, body("free-models-per-day", headers={"X-RateLimit-Reset": f"{reset * 1000:.0f}"})
     )
-    assert failure.reset_at == 1790000000.0
+    assert failure.reset_at == reset
     message = account_message(failure)
     assert "free daily quota used; resets at 14:13 UTC" in message
     assert "10 USD" in message
@@ -128,14 +129,18 @@ def test_a_wait_hint_that_is_no_number_of_seconds_is_ignored(raw: str) -> None:
 
 
 def test_absurd_waits_are_capped() -> None:
-    """A wait hint is taken for a day at most, and a reset further than two days ahead is not
-    believed (the next UTC midnight is taken, as when none is given)."""
+    """A wait hint is taken for a day at most, and a reset further than two days ahead, or
+    already past, is not believed (the next UTC midnight is taken, as when none is given)."""
     assert classify(429, body("busy"), {"Retry-After": "1e12"}).retry_after == 86400
     far = str(int((time.time() + 30 * 86400) * 1000))
-    assert (
-        classify(429, body("free-models-per-day", headers={"X-RateLimit-Reset": far})).reset_at
-        == next_utc_midnight()
-    )
+    past = str(int((time.time() - 60) * 1000))
+    for reset in (far, past, "60"):
+        assert (
+            classify(
+                429, body("free-models-per-day", headers={"X-RateLimit-Reset": reset})
+            ).reset_at
+            == next_utc_midnight()
+        )
 
 
 def test_error_chunk_code_as_number_or_string() -> None:
