@@ -62,6 +62,9 @@ RPM_WINDOW = 60.0
 SENT_KEEP = 100
 # A quota entry outlives its reset by a day, so that the limit is still known the next day.
 QUOTA_KEEP = 86400.0
+# A request started this long before a /key read was sent may not be in its count yet: it is
+# taken off the count that read gives (which can so only be low, by a race at most).
+IN_FLIGHT = 5.0
 
 
 @dataclass(slots=True)
@@ -189,6 +192,7 @@ class Health:
         self._blocked: Failure | None = None
         self._blocked_until = 0.0
         self._quota = Quota()
+        self._spent_at: deque[float] = deque(maxlen=256)  # this process's recent requests
         # The model entries behind the current copy, to skip rebuilding unchanged ones.
         self._last: dict[str, Entry | None] = {}
         self._read: dict[str, Entry | None] = {}
@@ -442,16 +446,27 @@ class Health:
             q = self._quota
             return Quota(q.limit, q.remaining, q.used_here, q.resets_at)
 
-    def set_quota(self, limit: int | None, remaining: int | None) -> None:
+    def set_quota(
+        self, limit: int | None, remaining: int | None, asked_at: float | None = None
+    ) -> None:
+        """The count /key gave; with ``asked_at`` (when the read was sent), this process's
+        requests it may not include yet are taken off it, counted since or not at all."""
+        if asked_at is not None and remaining is not None:
+            with self._lock:
+                since = sum(1 for t in self._spent_at if t >= asked_at - IN_FLIGHT)
+            remaining = max(0, remaining - since)
         resets_at = next_utc_midnight(self.clock())
         entry = Entry(_quota_data(Quota(limit, remaining, 0, resets_at)), resets_at + QUOTA_KEEP)
         self._change(ACCOUNT, "quota", lambda old: entry)
 
     def spend(self, requests: int = 1) -> None:
-        with self._lock:
-            if not self._quota.resets_at:
-                return  # no count known to take it from (each process reads /key at start)
         now = self.clock()
+        with self._lock:
+            self._spent_at.extend([now] * requests)
+            if not self._quota.resets_at:
+                # No count known to take it from yet: the /key read that gives one takes it
+                # off (see set_quota).
+                return
 
         def change(old: Entry | None) -> Entry | None:
             if old is None:

@@ -132,6 +132,7 @@ class Router:
         self._scarce_notice = False
         self._paced_notice = False
         self._quota_task: asyncio.Task[Any] | None = None
+        self._quota_read_at = 0.0  # time.monotonic() of the last /key read
         self._endpoints_task: asyncio.Task[None] | None = None
         self.api_key: str | None = None  # the key of the latest request, for /endpoints
         # A list preloaded from the state store that this key has no latency figures for:
@@ -176,6 +177,7 @@ class Router:
 
     async def read_quota(self, api_key: str) -> dict[str, Any] | None:
         """The key's limits from /key (``None`` where the endpoint says nothing useful)."""
+        asked_at = self.health.clock()
         data = await self._get_data("/key", api_key)
         if data is None:
             return None
@@ -183,8 +185,12 @@ class Router:
         if isinstance(daily, Mapping):
             limit, remaining = daily.get("limit"), daily.get("remaining")
             if isinstance(limit, int) and isinstance(remaining, int):
-                self.health.set_quota(limit, remaining)
-                log.info("free daily quota: %d of %d requests left", remaining, limit)
+                self.health.set_quota(limit, remaining, asked_at)
+                log.info(
+                    "free daily quota: %d of %d requests left",
+                    self.health.quota_remaining() or 0,
+                    limit,
+                )
         return dict(data)
 
     # --- the home loop ------------------------------------------------------------------------
@@ -229,12 +235,19 @@ class Router:
         return models
 
     def _quota_due(self) -> bool:
+        """/key is read at the first request, then again every refresh interval (other
+        clients of the account spend from the same count)."""
         task = self._quota_task
-        return task is None or (task.done() and self.catalog.stale())
+        if task is None:
+            return True
+        return (
+            task.done() and time.monotonic() - self._quota_read_at >= self.catalog.refresh_interval
+        )
 
     def _watch_quota(self, api_key: str) -> None:
         def start() -> None:
             if self._quota_due():
+                self._quota_read_at = time.monotonic()
                 self._quota_task = asyncio.get_running_loop().create_task(
                     self.read_quota(api_key), name="freerouter-quota"
                 )

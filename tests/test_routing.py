@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from typing import Any
 
 import litellm
@@ -249,6 +250,43 @@ def test_quota_reserve_narrows_the_race_and_says_so_once(
     sent = [q for q in upstream.sim.requests if q.body["messages"] == narrow]
     assert len(sent) == 2
     assert caplog.text.count("racing one model at a time") == 1
+
+
+def _settled() -> None:
+    """The router's background reads (/key, /endpoints) have finished."""
+    r = env_router()
+    engine.get_engine().submit(r.settle(5)).result(10)
+
+
+def test_requests_sent_before_the_quota_was_known_are_counted(upstream: Upstream) -> None:
+    """The first race starts beside the /key read: its requests are taken off the count
+    that read gives, which may be low by a race but never high."""
+    upstream.sim.daily_quota = 50
+    upstream.sim.set_models(
+        [fast(f"m/{i}:free", "hi", delay=0.2, context_length=1000 + i) for i in range(3)]
+    )
+    ask(race_width=3)
+    _settled()
+    truth = upstream.sim.daily_quota - upstream.sim.quota_used
+    assert truth == 47
+    remaining = env_router().health.quota_remaining()
+    assert remaining is not None and truth - 3 <= remaining <= truth
+
+
+def test_the_quota_is_read_again_every_refresh_interval(upstream: Upstream) -> None:
+    """Other clients of the account spend from the same count: /key is read again once the
+    refresh interval has passed, not only when the process starts."""
+    upstream.sim.daily_quota = 50
+    upstream.sim.set_models([fast("m/a:free", "hi", context_length=1000)])
+    ask(refresh_interval=0.5)
+    _settled()
+    upstream.sim.quota_used += 30  # spent elsewhere
+    time.sleep(0.6)  # the interval passes (a wait for time itself, not for an event)
+    ask(refresh_interval=0.5)
+    _settled()
+    truth = upstream.sim.daily_quota - upstream.sim.quota_used
+    remaining = env_router().health.quota_remaining()
+    assert remaining is not None and truth - 1 <= remaining <= truth, (remaining, truth)
 
 
 def test_a_scarce_quota_makes_hedges_wait_longer_and_says_so_once(
