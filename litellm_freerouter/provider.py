@@ -116,13 +116,43 @@ def prepare(
     extra = optional_params.get("extra_body")
     if isinstance(extra, Mapping):
         body.update({k: v for k, v in extra.items() if k not in ("model", "stream")})
-    where = _non_finite(body)
+    where = _non_finite(body) or _refused(body)
     if where is not None:
         from .errors import ConfigurationError
 
-        # JSON has no NaN or infinity: sent, every model would answer 400 and cool down for it.
-        raise ConfigurationError(f"{where} (JSON has no NaN or infinity)")
+        # Sent, every model would answer 400 and cool down for it (or, for the OpenRouter
+        # keys below, a paid model could answer).
+        raise ConfigurationError(where)
     return body, settings
+
+
+# OpenRouter request keys that could reach past the free model freerouter picked: `models`
+# (with `route`) are fallbacks tried on any error, and may be paid; web search plugins are
+# billed per result.
+_PAID_PATHS = ("models", "route", "plugins", "web_search_options")
+
+
+def _refused(body: Mapping[str, Any]) -> str | None:
+    """What is wrong with a request freerouter must not send as it is, if anything."""
+    paid = [key for key in _PAID_PATHS if body.get(key) is not None]
+    if paid:
+        return (
+            f"{', '.join(paid)} cannot be sent through freerouter/auto: OpenRouter would"
+            " reach past the free model it picked (fallback models may be paid, web search"
+            " is billed); freerouter itself falls back among free models"
+        )
+    n = body.get("n")
+    if n is not None and n != 1:
+        return f"n must be 1: freerouter/auto returns one answer per request, got n={n!r}"
+    if body.get("logprobs") or body.get("top_logprobs"):
+        return "logprobs are not supported by freerouter/auto: its answers never carry them"
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 1:
+            return f"{name} must be a number of tokens, at least 1, got {value!r}"
+    return None
 
 
 def _non_finite(value: Any, path: str = "") -> str | None:

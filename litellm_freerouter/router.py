@@ -544,6 +544,9 @@ class Router:
                     )
                 )
             return 1
+        if remaining is not None and 0 < remaining < width:
+            # Never more contenders than requests left: the rest would be sure 429s.
+            width = remaining
         return width
 
     async def _attempt(

@@ -189,3 +189,36 @@ def test_invalid_tunable_is_a_clear_bad_request(mocked: Any) -> None:
         litellm.completion(
             model="freerouter/auto", messages=[{"role": "user", "content": "x"}], race_width=0
         )
+
+
+def posts(m: Any) -> int:
+    return sum(
+        len(calls)
+        for (method, url), calls in m.requests.items()
+        if method == "POST" and str(url).endswith("/chat/completions")
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        ({"models": ["openai/gpt-4o"]}, "models cannot be sent through freerouter/auto"),
+        ({"extra_body": {"models": ["openai/gpt-4o"], "route": "fallback"}}, "models, route"),
+        ({"extra_body": {"plugins": [{"id": "web"}]}}, "plugins cannot be sent"),
+        ({"web_search_options": {"search_context_size": "low"}}, "web_search_options"),
+        ({"n": 2}, "n must be 1"),
+        ({"logprobs": True, "top_logprobs": 2}, "logprobs are not supported"),
+        ({"max_tokens": 0}, "max_tokens must be a number of tokens, at least 1, got 0"),
+        ({"max_tokens": -5}, "max_tokens must be a number of tokens, at least 1, got -5"),
+    ],
+)
+def test_a_request_that_would_reach_past_free_or_lose_something_is_refused(
+    mocked: Any, extra: dict[str, Any], says: str
+) -> None:
+    """OpenRouter's own fallbacks (maybe paid), billed web search, more than one answer,
+    logprobs nobody returns, a token limit below 1: a clear BadRequestError, nothing sent."""
+    with pytest.raises(litellm.BadRequestError, match=says):
+        litellm.completion(
+            model="freerouter/auto", messages=[{"role": "user", "content": "x"}], **extra
+        )
+    assert posts(mocked) == 0

@@ -518,3 +518,16 @@ def test_hedges_wait_for_a_later_quantile_while_the_quota_is_scarce() -> None:
     # Never past the first-token timeout, and a fixed delay stays fixed.
     assert r.hedge_after(unmeasured, Settings(hedge_delay="auto", first_token_timeout=5)) == 5
     assert r.hedge_after(measured, Settings(hedge_delay=0.25)) == 0.25
+
+
+def test_the_race_is_never_wider_than_the_requests_left() -> None:
+    """Above the reserve too: with 5 requests left a race of 6 starts 5 (the sixth would be
+    a sure per-day 429); below the reserve, one."""
+    r = make_router([1000.0])
+    settings = Settings(race_width=6, quota_reserve=5, requests_per_minute=0)
+    r.health.set_quota(50, 5)
+    assert r._width(settings) == 5
+    r.health.set_quota(50, 40)
+    assert r._width(settings) == 6
+    r.health.set_quota(50, 4)
+    assert r._width(settings) == 1
