@@ -241,6 +241,10 @@ class RaceOutcome:
     lost: tuple[tuple[str, float], ...] = ()
 
 
+# Account limits that refuse new requests but not those already accepted.
+_LIMITS = ("daily_quota", "minute_limit")
+
+
 class AccountStop(Exception):
     """Internal: an account-wide failure ends the race at once."""
 
@@ -288,11 +292,21 @@ async def race(
         next_start_at = now + hedge_after(model)
         on_start(contender)
 
+    held: Failure | None = None  # an account limit met while others were in flight
+
     def record(failure: Failure) -> None:
+        nonlocal held
         failures.append(failure)
         on_failure(failure)
-        if failure.scope == "account":
-            raise AccountStop(failure)
+        if failure.scope != "account":
+            return
+        if failure.kind in _LIMITS and running:
+            # The requests already in flight were accepted before the limit was reached (and
+            # are counted): let them finish the race, but start no other.
+            held = held or failure
+            queue.clear()
+            return
+        raise AccountStop(failure)
 
     try:
         while True:
@@ -303,6 +317,8 @@ async def race(
                 start_next()
             now = loop.time()
             if not running:
+                if held is not None:
+                    raise AccountStop(held)
                 raise AllFailed(failures)
             deadlines = [
                 c.started + first_token_timeout

@@ -64,6 +64,8 @@ class Fault:
 ALONE = {"race_width": 1}
 PER_DAY = {"headers": {"X-RateLimit-Reset": "4102444800000"}}
 FAULTS = [
+    # Met alone: a contender already in flight beside them was accepted and may still answer
+    # (see test_an_account_limit_lets_the_requests_in_flight_finish).
     Fault(
         "daily quota",
         {
@@ -74,6 +76,7 @@ FAULTS = [
         litellm.RateLimitError,
         "free daily quota",
         kind=("daily_quota", "account", None),
+        alone=True,
     ),
     Fault(
         "minute limit",
@@ -81,6 +84,7 @@ FAULTS = [
         litellm.RateLimitError,
         "a minute",
         kind=("minute_limit", "account", None),
+        alone=True,
     ),
     Fault(
         "upstream rate limit",
@@ -300,9 +304,35 @@ async def test_fault(
     assert not [reason for reason in failures.reasons if KEY in reason]
     assert KEY not in caplog.text
     await nothing_left_open(upstream)
-    if account_wide:
+    if account_wide and not fault.alone:
         (other,) = [r for r in upstream.sim.requests if r.model == "healthy/b:free"]
         assert other.outcome == "client_closed"
+
+
+@pytest.mark.parametrize(("mode", "stream"), MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("limit", ["daily quota", "minute limit"])
+async def test_an_account_limit_lets_the_requests_in_flight_finish(
+    upstream: Upstream, limit: str, mode: str, stream: bool
+) -> None:
+    """A per-day or per-minute 429 for one contender: the one already in flight beside it was
+    accepted (and counted), so it still answers; no other is started, and the account is held
+    for the next call, which sends nothing."""
+    (fault,) = [f for f in FAULTS if f.name == limit]
+    faulty = ModelScript("faulty/a:free", context_length=1000, **fault.script)
+    healthy = fast("healthy/b:free", "fallback answer", delay=0.25, context_length=2000)
+    spare = fast("spare/c:free", "never asked", delay=0.25, context_length=3000)
+    upstream.sim.set_models([faulty, healthy, spare])
+    failures = failures_seen()
+    try:
+        assert await call(mode, stream, race_width=2) == "fallback answer"
+    finally:
+        seen = failures.stop()
+    assert seen == [("faulty/a:free", *fault.kind)]
+    assert upstream.sim.calls_for("spare/c:free") == 0
+    sent = len(upstream.sim.requests)
+    await failure_of(mode, stream, litellm.RateLimitError)
+    assert len(upstream.sim.requests) == sent
+    await nothing_left_open(upstream)
 
 
 class failures_seen:
