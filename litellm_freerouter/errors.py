@@ -120,6 +120,20 @@ class AllModelsFailed(FreeRouterError):
         )
 
 
+class RequestRejected(FreeRouterError):
+    """Two models refused this request outright (400/422): most likely the request itself is
+    at fault, and trying every other model would only spend the quota."""
+
+    def __init__(self, failures: Sequence[Failure]) -> None:
+        self.failures = tuple(failures)
+        shown = "; ".join(f.describe() for f in self.failures)
+        super().__init__(
+            f"{len(self.failures)} free models refused this request: {shown}. The request itself"
+            " is likely at fault (a parameter or tool schema they do not accept), so no other"
+            " model was asked"
+        )
+
+
 class CatalogUnavailable(FreeRouterError):
     """The free-model list could not be fetched and no earlier copy exists."""
 
@@ -271,6 +285,9 @@ def classify(
     if status in (400, 413, 422):
         if _CONTEXT.search(text):
             return failure("context", "request")
+        if raw and raw not in message:
+            # OpenRouter's "Provider returned error" says nothing; the provider's own words do.
+            message = f"{message}: {' '.join(raw.split())[:300]}"
         return failure("rejected", "model")
     if status == 408 or status >= 500:
         return failure("server", "model")
@@ -347,7 +364,7 @@ def to_litellm(exc: BaseException, *, model: str = "auto") -> Exception:
         return litellm.AuthenticationError(message=str(exc), llm_provider=provider, model=model)
     if isinstance(exc, ConfigurationError):
         return litellm.BadRequestError(message=str(exc), model=model, llm_provider=provider)
-    if isinstance(exc, NoCapableModel):
+    if isinstance(exc, (NoCapableModel, RequestRejected)):
         return litellm.BadRequestError(message=str(exc), model=model, llm_provider=provider)
     if isinstance(exc, (NoModelAvailable, CatalogUnavailable)):
         return litellm.ServiceUnavailableError(

@@ -279,6 +279,17 @@ class Health:
 
         self._change(COOL, model, change)
 
+    def uncool(self, model: str, reason: str) -> None:
+        """Lift ``model``'s cooldown if it was given for ``reason`` (it turned out not to be
+        the model's fault)."""
+
+        def change(old: Entry | None) -> Entry | None:
+            if old is not None and old.data.get("reason") == reason:
+                return None
+            return old
+
+        self._change(COOL, model, change)
+
     def cooling_for(self, model: str) -> float:
         with self._lock:
             stats = self._models.get(model)

@@ -35,6 +35,7 @@ from .errors import (
     Failure,
     FreeRouterError,
     NoModelAvailable,
+    RequestRejected,
     UpstreamError,
     account_message,
     decode_error_body,
@@ -562,6 +563,7 @@ class Router:
         # at most once, so that waiting for a cooldown never spends quota on a known failure.
         tried = set(failed)
         failures: list[Failure] = []  # of the models that failed this request, in order
+        refused: list[Failure] = []  # refused outright (400/422) by a model, this request
         conversation = conversation_key(body.get("messages") or [])
         headers = {
             "Authorization": f"Bearer {api_key}",
@@ -590,6 +592,13 @@ class Router:
             if failure.scope != "account":
                 failures.append(failure)
             self._handle_failure(failure, settings, request_id)
+            if failure.kind == "rejected" and failure.status in (400, 422):
+                refused.append(failure)
+                if len(refused) >= 2:
+                    # Two models refused the same request: it is the request, not them.
+                    for each in refused:
+                        self.health.uncool(each.model or "", "rejected")
+                    raise RequestRejected(refused)
 
         def on_start(contender: Contender) -> None:
             tried.add(contender.id)

@@ -531,3 +531,27 @@ def test_the_race_is_never_wider_than_the_requests_left() -> None:
     assert r._width(settings) == 6
     r.health.set_quota(50, 4)
     assert r._width(settings) == 1
+
+
+def test_a_request_two_models_refuse_fails_without_asking_the_rest(upstream: Upstream) -> None:
+    """A request every model would refuse (here a temperature they do not take) is not walked
+    through the whole catalogue, one day's request each, benching every model for everyone:
+    after two refusals it fails with the provider's own words, and no model stays cooled."""
+    upstream.sim.set_models(
+        [
+            ModelScript(
+                f"m/{i}:free",
+                context_length=1000 + i,
+                status=400,
+                error_message="Provider returned error",
+                error_metadata={"raw": "temperature must be at most 2"},
+            )
+            for i in range(4)
+        ]
+    )
+    with pytest.raises(litellm.BadRequestError, match="2 free models refused this request") as info:
+        ask(race_width=1, temperature=5)
+    assert "temperature must be at most 2" in str(info.value)
+    assert len(upstream.sim.requests) == 2
+    health = env_router().health
+    assert [health.cooling_for(f"m/{i}:free") for i in range(4)] == [0, 0, 0, 0]
