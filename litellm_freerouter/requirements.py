@@ -20,7 +20,9 @@ CHARS_PER_TOKEN = 3.5
 class Requirements:
     tools: bool = False
     images: bool = False
+    audio: bool = False
     structured_output: bool = False
+    json_schema: bool = False  # structured output to a schema, not only JSON mode
     prompt_tokens: int = 0
     max_tokens: int | None = None
 
@@ -29,7 +31,8 @@ class Requirements:
 
         Checked in this order, the first unmet need is the answer: tool use (``tools`` among the
         model's supported parameters), image input (``image`` among its input modalities),
-        structured output (``structured_outputs`` or ``response_format`` supported), a context
+        audio input (``audio`` among them), structured output (``structured_outputs``
+        supported for a JSON schema; it or ``response_format`` for JSON mode), a context
         window holding the prompt plus the answer's room, and an output limit holding the
         answer's room. A model whose supported parameters are unknown (an empty list) is given
         the benefit of the doubt for tools and structured output; an unknown context length or
@@ -40,12 +43,12 @@ class Requirements:
             return "tool use"
         if self.images and "image" not in model.input_modalities:
             return "image input"
-        if (
-            self.structured_output
-            and params
-            and not ({"structured_outputs", "response_format"} & params)
-        ):
-            return "structured output"
+        if self.audio and "audio" not in model.input_modalities:
+            return "audio input"
+        if self.structured_output and params:
+            offered = {"structured_outputs"} if self.json_schema else _JSON_MODE
+            if not offered & params:
+                return "structured output"
         if model.context_length:
             needed = self.prompt_tokens + (self.max_tokens or 0)
             if needed > model.context_length:
@@ -56,13 +59,17 @@ class Requirements:
         return None
 
 
-def _has_image(content: Any) -> bool:
+_JSON_MODE = frozenset({"structured_outputs", "response_format"})
+
+
+def _has_part(content: Any, types: tuple[str, ...]) -> bool:
     if not isinstance(content, list):
         return False
-    return any(
-        isinstance(part, Mapping) and part.get("type") in ("image_url", "input_image", "image")
-        for part in content
-    )
+    return any(isinstance(part, Mapping) and part.get("type") in types for part in content)
+
+
+def _has_image(content: Any) -> bool:
+    return _has_part(content, ("image_url", "input_image", "image"))
 
 
 def _text_size(value: Any) -> int:
@@ -119,8 +126,9 @@ def _answer_room(body: Mapping[str, Any]) -> int | None:
 def requirements_of(body: Mapping[str, Any]) -> Requirements:
     """What ``body``, a chat-completions request, needs from a model.
 
-    - tool use: ``tools`` present and not empty;
+    - tool use: ``tools`` (or the older ``functions``) present and not empty;
     - image input: an ``image_url``, ``input_image`` or ``image`` part in a message's content;
+    - audio input: an ``input_audio`` part;
     - structured output: a ``response_format`` of type ``json_object`` or ``json_schema``
       (``text`` needs nothing);
     - the prompt's size, estimated generously by :func:`estimate_tokens`;
@@ -134,14 +142,14 @@ def requirements_of(body: Mapping[str, Any]) -> Requirements:
     if not isinstance(messages, list):
         messages = []
     response_format = body.get("response_format")
-    structured = isinstance(response_format, Mapping) and response_format.get("type") in (
-        "json_schema",
-        "json_object",
-    )
+    form = response_format.get("type") if isinstance(response_format, Mapping) else None
+    contents = [m.get("content") for m in messages if isinstance(m, Mapping)]
     return Requirements(
-        tools=bool(body.get("tools")),
-        images=any(isinstance(m, Mapping) and _has_image(m.get("content")) for m in messages),
-        structured_output=structured,
+        tools=bool(body.get("tools")) or bool(body.get("functions")),
+        images=any(_has_image(content) for content in contents),
+        audio=any(_has_part(content, ("input_audio",)) for content in contents),
+        structured_output=form in ("json_schema", "json_object"),
+        json_schema=form == "json_schema",
         prompt_tokens=estimate_tokens(messages, body.get("tools")),
         max_tokens=_answer_room(body),
     )

@@ -1,8 +1,9 @@
 """Which free models can serve a request: the library against an oracle written from its rules.
 
 The rules (``requirements.py``'s docstrings, the README's "Right models only"): a request with
-a non-empty ``tools`` needs tool use, an image part needs image input, a ``response_format``
-of type ``json_object`` or ``json_schema`` needs structured output, and the prompt (about 3.5
+a non-empty ``tools`` (or ``functions``) needs tool use, an image part needs image input, an
+``input_audio`` part audio input, a ``response_format`` of type ``json_object`` needs JSON mode
+or structured outputs, of type ``json_schema`` structured outputs, and the prompt (about 3.5
 characters a token, 8 a message) plus the answer's room (``max_tokens``, else
 ``max_completion_tokens``, when a positive number) must fit the model's context window, the
 answer's room its output limit. Unknown capabilities rule nothing out. When no model can serve
@@ -78,8 +79,9 @@ def answer_room(body: dict[str, Any]) -> int:
 
 
 def needs_tools(body: dict[str, Any]) -> bool:
-    tools = body.get("tools")
-    return isinstance(tools, list) and len(tools) > 0
+    return any(
+        isinstance(body.get(name), list) and len(body[name]) > 0 for name in ("tools", "functions")
+    )
 
 
 def needs_images(body: dict[str, Any]) -> bool:
@@ -91,9 +93,19 @@ def needs_images(body: dict[str, Any]) -> bool:
     )
 
 
-def needs_structure(body: dict[str, Any]) -> bool:
+def parts_of_type(body: dict[str, Any], types: tuple[str, ...]) -> bool:
+    return any(
+        isinstance(part, dict) and part.get("type") in types
+        for message in body.get("messages") or []
+        if isinstance(message.get("content"), list)
+        for part in message["content"]
+    )
+
+
+def needs_structure(body: dict[str, Any]) -> str | None:
     form = body.get("response_format")
-    return isinstance(form, dict) and form.get("type") in ("json_object", "json_schema")
+    kind = form.get("type") if isinstance(form, dict) else None
+    return kind if kind in ("json_object", "json_schema") else None
 
 
 def what_is_missing(body: dict[str, Any], model: FreeModel) -> str | None:
@@ -103,7 +115,15 @@ def what_is_missing(body: dict[str, Any], model: FreeModel) -> str | None:
         return "tool use"
     if needs_images(body) and "image" not in model.input_modalities:
         return "image input"
-    if needs_structure(body) and known and not {"response_format", "structured_outputs"} & known:
+    if parts_of_type(body, ("input_audio",)) and "audio" not in model.input_modalities:
+        return "audio input"
+    form = needs_structure(body)
+    offered = (
+        {"structured_outputs"}
+        if form == "json_schema"
+        else {"response_format", "structured_outputs"}
+    )
+    if form and known and not offered & known:
         return "structured output"
     room = answer_room(body)
     window = prompt_tokens(body) + room
@@ -240,6 +260,33 @@ def is_bad_request(error: Exception) -> bool:
         FreeModel("a/a:free", supported_parameters=frozenset({"tools"})),
         FreeModel("b/b:free", supported_parameters=frozenset({"structured_outputs"})),
         FreeModel("c/c:free", supported_parameters=frozenset({"response_format"})),
+    ],
+)
+@example(  # a JSON schema needs structured outputs: JSON mode alone is not enough
+    {
+        "messages": [{"role": "user", "content": "hi"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {}}},
+    },
+    [
+        FreeModel("a/a:free", supported_parameters=frozenset({"response_format"})),
+        FreeModel("b/b:free", supported_parameters=frozenset({"structured_outputs"})),
+    ],
+)
+@example(  # the older `functions` needs tool use as `tools` does; audio needs audio input
+    {
+        "messages": [
+            {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "A"}}]}
+        ],
+        "functions": [{"name": "f", "parameters": {}}],
+    },
+    [
+        FreeModel("a/a:free", supported_parameters=frozenset({"max_tokens"})),
+        FreeModel("b/b:free", supported_parameters=frozenset({"tools"})),
+        FreeModel(
+            "c/c:free",
+            supported_parameters=frozenset({"tools"}),
+            input_modalities=frozenset({"text", "audio"}),
+        ),
     ],
 )
 @example(  # a text part that is not a string is counted, not a crash
