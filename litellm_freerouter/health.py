@@ -316,6 +316,18 @@ class Health:
             now = self.clock()
             return sum(_recent_count(stats.sent, now) for stats in self._models.values())
 
+    def minute_frees_in(self, limit: int) -> float:
+        """Seconds until fewer than ``limit`` requests (to any model, by every sharing
+        process) are in the last minute (0: now)."""
+        with self._lock:
+            now = self.clock()
+            recent = sorted(
+                t for stats in self._models.values() for t in stats.sent if t > now - RPM_WINDOW
+            )
+        if len(recent) < limit:
+            return 0.0
+        return max(0.0, recent[len(recent) - limit] + RPM_WINDOW - now)
+
     def refused(self, model: str, limit_rpm: int | None) -> None:
         """The model answered 429 without serving: the request did not use its minute (so it
         is not counted), and its per-minute limit, when it said one, is remembered."""

@@ -262,12 +262,14 @@ async def race(
     hedge_after: Callable[[FreeModel], float],
     on_start: Callable[[Contender], None],
     on_failure: Callable[[Failure], None],
+    budget: int | None = None,
 ) -> RaceOutcome:
     """Race ``candidates`` in order; returns the first to deliver a token.
 
     ``hedge_after(model)`` is how long to wait after starting ``model`` before the next one is
     added while it is still in flight (0 starts ``width`` contenders at once).  A failed
-    contender is replaced at once.  Raises :class:`AccountStop` for account-wide failures and
+    contender is replaced at once, as long as fewer than ``budget`` were started (None: no
+    bound).  Raises :class:`AccountStop` for account-wide failures and
     returns failures through ``on_failure`` as they happen; when every candidate failed, raises
     :class:`UpstreamError` chains are summarised by the caller from ``on_failure``.
     """
@@ -313,7 +315,12 @@ async def race(
             # Keep `width` in flight; a hedged race adds one only when its time has come, or
             # when nothing is in flight at all. The clock is read afresh, so that with no hedge
             # delay every contender starts in this same pass rather than a loop turn apart.
-            while queue and len(running) < width and (not running or loop.time() >= next_start_at):
+            while (
+                queue
+                and len(running) < width
+                and (budget is None or started < budget)
+                and (not running or loop.time() >= next_start_at)
+            ):
                 start_next()
             now = loop.time()
             if not running:
@@ -325,7 +332,7 @@ async def race(
                 for c in running.values()
                 if first_token_timeout is not None
             ]
-            if queue and len(running) < width:
+            if queue and len(running) < width and (budget is None or started < budget):
                 deadlines.append(next_start_at)
             wait = max(0.0, min(deadlines) - now) if deadlines else None
             done, _ = await asyncio.wait(running, timeout=wait, return_when=asyncio.FIRST_COMPLETED)

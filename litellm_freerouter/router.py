@@ -515,6 +515,14 @@ class Router:
             events.emit(events.Waiting(request_id, wait, len(untried)))
             await asyncio.sleep(wait)
 
+    def _room(self, settings: Settings) -> int | None:
+        """How many requests this race may start, failed ones replaced included: what is left
+        of the account's free requests a minute (never less than one; None: no pacing)."""
+        limit = settings.requests_per_minute
+        if not limit:
+            return None
+        return max(1, limit - self.health.sent_last_minute())
+
     def _width(self, settings: Settings) -> int:
         width = settings.race_width
         limit = settings.requests_per_minute
@@ -607,6 +615,16 @@ class Router:
             events.emit(events.ContenderStarted(request_id, contender.id, loop.time() - race_start))
 
         while True:
+            limit = settings.requests_per_minute
+            if failures and limit:
+                # Models already failed this request, and the account's minute is full: the
+                # next one waits for it to free (each refused request still counts).
+                wait = self.health.minute_frees_in(limit)
+                if wait > 0:
+                    if loop.time() + wait > deadline:
+                        raise AllModelsFailed(failures)
+                    events.emit(events.Waiting(request_id, wait, 0))
+                    await asyncio.sleep(wait)
             try:
                 ready = await self._ready_or_wait(body, settings, request_id, tried, deadline)
             except NoModelAvailable:
@@ -630,6 +648,7 @@ class Router:
                     ordered,
                     make=make,
                     width=width,
+                    budget=self._room(settings),
                     first_token_timeout=settings.first_token_timeout,
                     hedge_after=lambda m: self.hedge_after(m, settings),
                     on_start=on_start,

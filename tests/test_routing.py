@@ -555,3 +555,28 @@ def test_a_request_two_models_refuse_fails_without_asking_the_rest(upstream: Ups
     assert len(upstream.sim.requests) == 2
     health = env_router().health
     assert [health.cooling_for(f"m/{i}:free") for i in range(4)] == [0, 0, 0, 0]
+
+
+def test_failed_contenders_are_replaced_only_as_far_as_the_minute_allows(
+    upstream: Upstream,
+) -> None:
+    """Six models answering 503 and room for 3 requests this minute: the request sends 3, not
+    6 (each refused request would still count against the day), and fails naming them."""
+    upstream.sim.set_models(
+        [ModelScript(f"down/{i}:free", context_length=1000 + i, status=503) for i in range(6)]
+    )
+    with pytest.raises(litellm.ServiceUnavailableError, match="all 3 free models tried"):
+        ask(requests_per_minute=3, wait_for_model=0)
+    assert len(upstream.sim.requests) == 3
+
+
+def test_the_minute_frees_when_its_oldest_requests_leave_it() -> None:
+    clock = [1000.0]
+    r = make_router(clock)
+    for offset in (0.0, 10.0, 20.0):
+        clock[0] = 1000.0 + offset
+        r.health.record_attempt(f"m/{int(offset)}:free")
+    clock[0] = 1030.0
+    assert r.health.minute_frees_in(3) == pytest.approx(30.0)  # the one sent at 1000 leaves
+    assert r.health.minute_frees_in(2) == pytest.approx(40.0)  # two must leave: 1000 and 1010
+    assert r.health.minute_frees_in(4) == 0.0
