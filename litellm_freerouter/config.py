@@ -60,6 +60,10 @@ class Settings:
     # How many times an answer whose model fails after its first token is carried on by another
     # model (0: the failure ends the answer with an error).
     resume: int = 2
+    # Upstream requests one request may send at most, failed contenders replaced included
+    # (never fewer than race_width): a request every model fails stops there, not after
+    # spending a day's quota on the whole catalogue.
+    max_attempts: int = 6
 
     def __post_init__(self) -> None:
         if self.race_width < 1:
@@ -100,6 +104,10 @@ class Settings:
             )
         if self.quota_reserve < 0:
             raise ConfigurationError("quota_reserve must not be negative", setting="quota_reserve")
+        if self.max_attempts < 1:
+            raise ConfigurationError(
+                f"max_attempts must be at least 1, got {self.max_attempts}", setting="max_attempts"
+            )
         if self.resume < 0:
             raise ConfigurationError("resume must not be negative", setting="resume")
         if self.requests_per_minute < 0:
@@ -148,7 +156,7 @@ TUNABLES: tuple[str, ...] = tuple(
 def _convert(name: str, raw: Any) -> Any:
     """Turn a string or YAML value into the field's type, with an error naming the setting."""
     try:
-        if name in ("race_width", "quota_reserve", "resume", "requests_per_minute"):
+        if name in ("race_width", "quota_reserve", "resume", "requests_per_minute", "max_attempts"):
             if isinstance(raw, bool):
                 raise ValueError
             return int(raw)

@@ -111,12 +111,18 @@ class NoCapableModel(FreeRouterError):
 class AllModelsFailed(FreeRouterError):
     """Every model tried for this request failed; ``failures`` says how."""
 
-    def __init__(self, failures: Sequence[Failure]) -> None:
+    def __init__(self, failures: Sequence[Failure], *, cap: int | None = None) -> None:
         self.failures = tuple(failures)
         shown = "; ".join(f.describe() for f in self.failures[:6])
         more = f"; and {len(self.failures) - 6} more" if len(self.failures) > 6 else ""
+        why = (
+            f" (no more are tried for one request: FREEROUTER_MAX_ATTEMPTS is {cap})"
+            if cap is not None
+            else ""
+        )
         super().__init__(
-            f"all {len(self.failures)} free models tried for this request failed: {shown}{more}"
+            f"all {len(self.failures)} free models tried for this request failed{why}:"
+            f" {shown}{more}"
         )
 
 

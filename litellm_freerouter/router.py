@@ -608,7 +608,11 @@ class Router:
                         self.health.uncool(each.model or "", "rejected")
                     raise RequestRejected(refused)
 
+        attempts = 0  # upstream requests this attempt has started
+
         def on_start(contender: Contender) -> None:
+            nonlocal attempts
+            attempts += 1
             tried.add(contender.id)
             self.health.record_attempt(contender.id)
             self.health.spend()
@@ -632,6 +636,11 @@ class Router:
                     raise AllModelsFailed(failures) from None
                 raise
             self._watch_quota(api_key)
+            left = max(settings.max_attempts, settings.race_width) - attempts
+            if left <= 0 and failures:
+                raise AllModelsFailed(failures, cap=settings.max_attempts)
+            room = self._room(settings)
+            budget = max(1, left if room is None else min(room, left))
             width = self._width(settings)
             ordered = self.rank(ready, settings, conversation, width)
             race_start = loop.time()
@@ -648,7 +657,7 @@ class Router:
                     ordered,
                     make=make,
                     width=width,
-                    budget=self._room(settings),
+                    budget=budget,
                     first_token_timeout=settings.first_token_timeout,
                     hedge_after=lambda m: self.hedge_after(m, settings),
                     on_start=on_start,

@@ -42,6 +42,7 @@ def test_every_tunable_reads_its_environment_variable() -> None:
         "FREEROUTER_RESUME": "0",
         "FREEROUTER_REQUESTS_PER_MINUTE": "0",
         "FREEROUTER_WAIT_FOR_MODEL": "4.5",
+        "FREEROUTER_MAX_ATTEMPTS": "8",
     }
     s = load_settings(environ=env)
     assert (s.race_width, s.first_token_timeout, s.idle_timeout, s.refresh_interval) == (
@@ -59,6 +60,7 @@ def test_every_tunable_reads_its_environment_variable() -> None:
     )
     assert s.redis_url == "redis://127.0.0.1:1/0"
     assert s.resume == 0 and s.requests_per_minute == 0 and s.wait_for_model == 4.5
+    assert s.max_attempts == 8
     assert {f"FREEROUTER_{t.upper()}" for t in TUNABLES} == set(env)
 
 
@@ -91,6 +93,7 @@ def test_precedence_arguments_then_params_then_environment() -> None:
         ("requests_per_minute", -5, "requests_per_minute must not be negative"),
         ("resume", "twice", "invalid value 'twice' for resume"),
         ("refresh_interval", 0, "refresh_interval must be a positive number of seconds"),
+        ("max_attempts", 0, "max_attempts must be at least 1, got 0"),
     ],
 )
 def test_bad_values_name_the_setting_and_where_it_was_set(

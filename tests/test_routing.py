@@ -580,3 +580,17 @@ def test_the_minute_frees_when_its_oldest_requests_leave_it() -> None:
     assert r.health.minute_frees_in(3) == pytest.approx(30.0)  # the one sent at 1000 leaves
     assert r.health.minute_frees_in(2) == pytest.approx(40.0)  # two must leave: 1000 and 1010
     assert r.health.minute_frees_in(4) == 0.0
+
+
+def test_a_request_sends_at_most_max_attempts_requests(upstream: Upstream) -> None:
+    """Ten models failing: one request stops after max_attempts (6 by default) upstream
+    requests rather than spending a day's quota on the whole catalogue, and says why."""
+    upstream.sim.set_models(
+        [ModelScript(f"down/{i}:free", context_length=1000 + i, status=503) for i in range(10)]
+    )
+    with pytest.raises(litellm.ServiceUnavailableError, match="FREEROUTER_MAX_ATTEMPTS is 6"):
+        ask(requests_per_minute=0)
+    assert len(upstream.sim.requests) == 6
+    with pytest.raises(litellm.ServiceUnavailableError, match="FREEROUTER_MAX_ATTEMPTS is 2"):
+        ask(requests_per_minute=0, max_attempts=2, race_width=1)
+    assert len(upstream.sim.requests) == 8
