@@ -20,8 +20,8 @@ from .provider import MODEL_NAME, _router
 from .router import Router
 
 MISSING_KEY = (
-    "no OpenRouter API key: set OPENROUTER_API_KEY (create one free at"
-    " https://openrouter.ai/keys) or pass --api-key"
+    "no OpenRouter API key: set OPENROUTER_API_KEY or pass --api-key; create one for free at"
+    " https://openrouter.ai/keys"
 )
 _LITELLM_PREFIX = re.compile(r"^(?:litellm\.\w+:\s*|\w+Exception\s+-\s+)+")
 _LITELLM_TAIL = re.compile(r"\n|Original exception:|Traceback \(most recent call last\)")

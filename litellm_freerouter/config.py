@@ -133,8 +133,8 @@ class Settings:
     def require_key(self) -> str:
         if not self.api_key:
             raise MissingKeyError(
-                "No OpenRouter API key: set OPENROUTER_API_KEY (free at https://openrouter.ai/keys)"
-                " or pass api_key=..."
+                "No OpenRouter API key: set OPENROUTER_API_KEY, or pass api_key=...; create"
+                " one for free at https://openrouter.ai/keys"
             )
         if any(ch.isspace() or not ch.isprintable() for ch in self.api_key):
             # Never sent: it could not go into a header, and every model would seem unreachable.

@@ -334,8 +334,8 @@ def account_message(failure: Failure) -> str:
         reset = failure.reset_at or next_utc_midnight()
         return (
             f"free daily quota used; resets at {_clock(reset)}. OpenRouter allows 50 free requests"
-            " a day, or 1000 once 10 USD of credits were ever bought"
-            f" ({CREDITS_URL})."
+            " a day, or 1000 once 10 USD of credits were ever bought:"
+            f" {CREDITS_URL}"
         )
     if failure.kind == "minute_limit":
         wait = failure.retry_after or 60.0
@@ -381,18 +381,20 @@ def to_litellm(exc: BaseException, *, model: str = "auto") -> Exception:
     if isinstance(exc, UpstreamError):
         return _failure_to_litellm(exc.failure, str(exc), model, response)
     if isinstance(exc, AllModelsFailed):
+        from . import _final as final  # several models were tried: a retry would only spend
+
         kinds = {f.kind for f in exc.failures}
         if kinds and kinds <= {"context"}:
             return litellm.ContextWindowExceededError(
                 message=str(exc), model=model, llm_provider=provider
             )
         if kinds and kinds <= {"rate_limited"}:
-            return litellm.RateLimitError(message=str(exc), llm_provider=provider, model=model)
+            return final.RateLimitError(message=str(exc), llm_provider=provider, model=model)
         if kinds and kinds <= {"slow", "stalled"}:
-            return litellm.Timeout(message=str(exc), model=model, llm_provider=provider)
+            return final.Timeout(message=str(exc), model=model, llm_provider=provider)
         if kinds and kinds <= {"unsupported", "rejected", "moderation", "context"}:
             return litellm.BadRequestError(message=str(exc), model=model, llm_provider=provider)
-        return litellm.ServiceUnavailableError(
+        return final.ServiceUnavailableError(
             message=str(exc), llm_provider=provider, model=model, response=response(503)
         )
     if isinstance(exc, FreeRouterError):
@@ -409,6 +411,10 @@ def _failure_to_litellm(failure: Failure, message: str, model: str, response: An
     kind = failure.kind
     if kind == "auth":
         return litellm.AuthenticationError(message=message, llm_provider=provider, model=model)
+    if kind == "daily_quota" and failure.scope == "account":
+        from . import _final as final  # nothing will be sent until the reset
+
+        return final.RateLimitError(message=message, llm_provider=provider, model=model)
     if kind in ("daily_quota", "minute_limit", "rate_limited"):
         return litellm.RateLimitError(message=message, llm_provider=provider, model=model)
     if kind == "privacy":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import litellm
@@ -226,3 +227,18 @@ def test_a_models_own_per_minute_limit_is_read(text: str, limit: int | None) -> 
     """A model's 429 that states its per-minute limit carries it; other 429s do not."""
     failure = classify(429, body(text), model="m")
     assert (failure.kind, failure.scope, failure.limit_rpm) == ("rate_limited", "model", limit)
+
+
+@pytest.mark.parametrize("kind", ["auth", "credits", "daily_quota", "minute_limit", "privacy"])
+def test_a_link_in_an_error_is_never_followed_by_a_bracket(kind: str) -> None:
+    """aider offers to open each URL in an error, trimming '.', ',' and quotes but not ')':
+    a link just before a closing bracket would open the wrong page."""
+    from litellm_freerouter.config import Settings
+
+    messages = [account_message(Failure(kind, "account", "x"))]
+    with pytest.raises(MissingKeyError) as missing:
+        Settings().require_key()
+    messages.append(str(missing.value))
+    for message in messages:
+        assert "https://" in message or kind == "minute_limit"
+        assert not re.search(r"https://\S*\)", message), message

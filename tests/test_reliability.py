@@ -335,6 +335,38 @@ async def test_an_account_limit_lets_the_requests_in_flight_finish(
     await nothing_left_open(upstream)
 
 
+# What aider retries, looking its rule up by the error's exact class.
+RETRIED_BY_CLASS = {
+    litellm.RateLimitError,
+    litellm.ServiceUnavailableError,
+    litellm.Timeout,
+    litellm.APIConnectionError,
+    litellm.InternalServerError,
+}
+
+
+@pytest.mark.parametrize(("mode", "stream"), MODES, ids=MODE_IDS)
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        (FAULTS[0].script, litellm.RateLimitError),  # the day's quota is used up
+        ({"status": 503}, litellm.ServiceUnavailableError),  # every model tried failed
+        ({"stall_before_first_token": True}, litellm.Timeout),  # every model tried was slow
+    ],
+    ids=["daily-quota", "all-failed", "all-slow"],
+)
+async def test_an_error_a_retry_cannot_help_is_not_retried_by_exact_class(
+    upstream: Upstream, mode: str, stream: bool, script: dict[str, Any], expected: type
+) -> None:
+    """After freerouter has tried the models (or the day is used up), a caller that retries
+    by exact class, as aider does, shows the error instead of spending the quota again; every
+    isinstance check still sees litellm's class."""
+    upstream.sim.set_models([ModelScript("a/a:free", **script)])
+    error = await failure_of(mode, stream, expected)
+    assert type(error) not in RETRIED_BY_CLASS, type(error)
+    await nothing_left_open(upstream)
+
+
 class failures_seen:
     """The router's own account of each failed contender: (model, kind, scope, cooldown)."""
 
