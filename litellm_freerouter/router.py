@@ -619,6 +619,9 @@ class Router:
             events.emit(events.ContenderStarted(request_id, contender.id, loop.time() - race_start))
 
         while True:
+            left = max(settings.max_attempts, settings.race_width) - attempts
+            if left <= 0 and failures:
+                raise AllModelsFailed(failures, cap=settings.max_attempts)
             limit = settings.requests_per_minute
             if failures and limit:
                 # Models already failed this request, and the account's minute is full: the
@@ -636,9 +639,6 @@ class Router:
                     raise AllModelsFailed(failures) from None
                 raise
             self._watch_quota(api_key)
-            left = max(settings.max_attempts, settings.race_width) - attempts
-            if left <= 0 and failures:
-                raise AllModelsFailed(failures, cap=settings.max_attempts)
             room = self._room(settings)
             budget = max(1, left if room is None else min(room, left))
             width = self._width(settings)
