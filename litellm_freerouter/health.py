@@ -62,9 +62,6 @@ RPM_WINDOW = 60.0
 SENT_KEEP = 100
 # A quota entry outlives its reset by a day, so that the limit is still known the next day.
 QUOTA_KEEP = 86400.0
-# A request started this long before a /key read was sent may not be in its count yet: it is
-# taken off the count that read gives (which can so only be low, by a race at most).
-IN_FLIGHT = 5.0
 
 
 @dataclass(slots=True)
@@ -472,11 +469,12 @@ class Health:
     def set_quota(
         self, limit: int | None, remaining: int | None, asked_at: float | None = None
     ) -> None:
-        """The count /key gave; with ``asked_at`` (when the read was sent), this process's
-        requests it may not include yet are taken off it, counted since or not at all."""
+        """The count /key gave; with ``asked_at`` (when the read was decided on, before the
+        race it accompanies started), this process's requests sent since are taken off it,
+        whether /key counted them yet or not: the count can be low by those, not high."""
         if asked_at is not None and remaining is not None:
             with self._lock:
-                since = sum(1 for t in self._spent_at if t >= asked_at - IN_FLIGHT)
+                since = sum(1 for t in self._spent_at if t >= asked_at)
             remaining = max(0, remaining - since)
         resets_at = next_utc_midnight(self.clock())
         entry = Entry(_quota_data(Quota(limit, remaining, 0, resets_at)), resets_at + QUOTA_KEEP)

@@ -176,9 +176,13 @@ class Router:
         data = payload.get("data") if isinstance(payload, Mapping) else None
         return data if isinstance(data, Mapping) else None
 
-    async def read_quota(self, api_key: str) -> dict[str, Any] | None:
-        """The key's limits from /key (``None`` where the endpoint says nothing useful)."""
-        asked_at = self.health.clock()
+    async def read_quota(
+        self, api_key: str, asked_at: float | None = None
+    ) -> dict[str, Any] | None:
+        """The key's limits from /key (``None`` where the endpoint says nothing useful).
+        ``asked_at``: when the read was decided on (default: now); requests sent since are
+        taken off the count it gives."""
+        asked_at = self.health.clock() if asked_at is None else asked_at
         data = await self._get_data("/key", api_key)
         if data is None:
             return None
@@ -246,11 +250,14 @@ class Router:
         )
 
     def _watch_quota(self, api_key: str) -> None:
+        # Before the race this read accompanies: its requests are taken off what /key says.
+        asked_at = self.health.clock()
+
         def start() -> None:
             if self._quota_due():
                 self._quota_read_at = time.monotonic()
                 self._quota_task = asyncio.get_running_loop().create_task(
-                    self.read_quota(api_key), name="freerouter-quota"
+                    self.read_quota(api_key, asked_at), name="freerouter-quota"
                 )
 
         if self._quota_due():
