@@ -495,7 +495,8 @@ def test_blanks_around_the_key_are_dropped_and_a_key_with_blanks_inside_is_refus
     upstream.sim.set_models([fast("k/a:free", "keyed"), fast("k/b:free", "also keyed")])
     monkeypatch.setenv("OPENROUTER_API_KEY", f"  {KEY}\n")
     monkeypatch.setenv("OPENROUTER_API_BASE", f"{upstream.url}\n")
-    assert ask()[0] in ("keyed", "also keyed")
+    # One contender: a loser's request could reach the simulator after it is counted.
+    assert ask(race_width=1)[0] in ("keyed", "also keyed")
     assert upstream.sim.requests[-1].authorized
     sent = len(upstream.sim.requests)
     for broken in (f"{KEY}\nsk-or-other", f"{KEY[:8]} {KEY[8:]}"):
