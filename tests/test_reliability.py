@@ -305,8 +305,9 @@ async def test_fault(
     assert KEY not in caplog.text
     await nothing_left_open(upstream)
     if account_wide and not fault.alone:
-        (other,) = [r for r in upstream.sim.requests if r.model == "healthy/b:free"]
-        assert other.outcome == "client_closed"
+        # Hung up on (or closed before it even arrived): never answered, never failed.
+        others = [r.outcome for r in upstream.sim.requests if r.model == "healthy/b:free"]
+        assert others in ([], ["client_closed"]), others
 
 
 @pytest.mark.parametrize(("mode", "stream"), MODES, ids=MODE_IDS)
