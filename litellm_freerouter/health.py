@@ -321,9 +321,7 @@ class Health:
             recent = sorted(
                 t for stats in self._models.values() for t in stats.sent if t > now - RPM_WINDOW
             )
-        if len(recent) < limit:
-            return 0.0
-        return max(0.0, recent[len(recent) - limit] + RPM_WINDOW - now)
+        return _frees_in(recent, limit, now)
 
     def refused(self, model: str, limit_rpm: int | None) -> None:
         """The model answered 429 without serving: the request did not use its minute (so it
@@ -346,9 +344,7 @@ class Health:
                 return 0.0
             now = self.clock()
             recent = [t for t in stats.sent if t > now - RPM_WINDOW]
-            if len(recent) < stats.limit_rpm:
-                return 0.0
-            return max(0.0, recent[len(recent) - stats.limit_rpm] + RPM_WINDOW - now)
+            return _frees_in(recent, stats.limit_rpm, now)
 
     def record_first_token(self, model: str, seconds: float) -> None:
         def edit(stats: ModelStats) -> None:
@@ -507,6 +503,14 @@ class Health:
             if self._quota.resets_at and self.clock() >= self._quota.resets_at:
                 return self._quota.limit
             return self._quota.remaining
+
+
+def _frees_in(recent: list[float], limit: int, now: float) -> float:
+    """Seconds until fewer than ``limit`` of the send times ``recent`` (oldest first, all
+    within the last minute) are left in the minute (0: now)."""
+    if len(recent) < limit:
+        return 0.0
+    return max(0.0, recent[len(recent) - limit] + RPM_WINDOW - now)
 
 
 # --- entries, as stored ------------------------------------------------------------------------

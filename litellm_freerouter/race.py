@@ -294,6 +294,10 @@ async def race(
         next_start_at = now + hedge_after(model)
         on_start(contender)
 
+    def room_to_start() -> bool:
+        """Another candidate may start: one is left, under the width and the budget."""
+        return bool(queue) and len(running) < width and (budget is None or started < budget)
+
     held: Failure | None = None  # an account limit met while others were in flight
 
     def record(failure: Failure) -> None:
@@ -315,12 +319,7 @@ async def race(
             # Keep `width` in flight; a hedged race adds one only when its time has come, or
             # when nothing is in flight at all. The clock is read afresh, so that with no hedge
             # delay every contender starts in this same pass rather than a loop turn apart.
-            while (
-                queue
-                and len(running) < width
-                and (budget is None or started < budget)
-                and (not running or loop.time() >= next_start_at)
-            ):
+            while room_to_start() and (not running or loop.time() >= next_start_at):
                 start_next()
             now = loop.time()
             if not running:
@@ -332,7 +331,7 @@ async def race(
                 for c in running.values()
                 if first_token_timeout is not None
             ]
-            if queue and len(running) < width and (budget is None or started < budget):
+            if room_to_start():
                 deadlines.append(next_start_at)
             wait = max(0.0, min(deadlines) - now) if deadlines else None
             done, _ = await asyncio.wait(running, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
