@@ -21,7 +21,14 @@ from .errors import (
     UpstreamError,
 )
 from .events import subscribe
-from .provider import MODEL_INFO, MODEL_NAME, FreeRouterLLM, handler, register
+from .provider import (
+    HEDGED_MODEL_NAME,
+    MODEL_INFO,
+    MODEL_NAME,
+    FreeRouterLLM,
+    handler,
+    register,
+)
 
 try:
     __version__ = version("litellm-freerouter")
@@ -31,6 +38,7 @@ except PackageNotFoundError:  # running from a source tree
 register()
 
 __all__ = [
+    "HEDGED_MODEL_NAME",
     "MODEL_INFO",
     "MODEL_NAME",
     "AllModelsFailed",

@@ -237,7 +237,8 @@ class Doctor:
                 "warn",
                 text,
                 f"racing {width} at once spends about {width} of them per prompt; hedged racing"
-                " (FREEROUTER_HEDGE_DELAY=auto) about 1.3. Or unlock 1000 a day at " + CREDITS_URL,
+                " (the model freerouter/hedged, or FREEROUTER_HEDGE_DELAY=auto) about 1.3."
+                " Or unlock 1000 a day at " + CREDITS_URL,
             )
         else:
             self.report("ok", text)

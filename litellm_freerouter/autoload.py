@@ -7,8 +7,9 @@ package is installed in, so it must be cheap and must never fail.  It loads *thi
 two modules is imported, then acts once that module has finished executing:
 
 * ``litellm``: import ``litellm_freerouter``, which registers the provider and its model info;
-* ``aider.models``: tell aider the context window, the zero cost and default edit settings, so
-  that aider neither warns about an unknown model nor tries to download metadata for it.  A
+* ``aider.models``: tell aider the context window, the zero cost and default edit settings of
+  ``freerouter/auto`` and ``freerouter/hedged`` (the former's weak model), so that aider neither
+  warns about an unknown model nor tries to download metadata for it.  A
   user's ``.aider.model.settings.yml`` and ``.aider.model.metadata.json`` still win: aider reads
   them later, and their entries replace these.
 
@@ -34,9 +35,10 @@ if TYPE_CHECKING:
     from types import ModuleType
     from typing import Any
 
-__all__ = ["MODEL_INFO", "MODEL_NAME", "install", "installed"]
+__all__ = ["HEDGED_MODEL_NAME", "MODEL_INFO", "MODEL_NAME", "install", "installed"]
 
 MODEL_NAME = "freerouter/auto"
+HEDGED_MODEL_NAME = "freerouter/hedged"
 
 # A copy of provider.MODEL_INFO (a test pins that they are equal): the provider module imports
 # litellm, and aider.models must be patched without importing it.
@@ -58,11 +60,22 @@ MODEL_INFO: dict[str, Any] = {
 }
 
 # The settings aider gives the capable free models it knows (deepseek-chat-v3:free and the
-# like); the weak and editor models default to freerouter/auto itself.
-AIDER_SETTINGS: dict[str, Any] = {
-    "edit_format": "diff",
-    "use_repo_map": True,
-    "examples_as_sys_msg": True,
+# like). aider's weak model writes a commit message after every edit and summarises long chats:
+# with freerouter/auto that would be a second race of three per prompt, so it is
+# freerouter/hedged (one request, a second only when the first runs late). The editor model
+# defaults to the main model itself.
+AIDER_SETTINGS: dict[str, dict[str, Any]] = {
+    MODEL_NAME: {
+        "edit_format": "diff",
+        "use_repo_map": True,
+        "examples_as_sys_msg": True,
+        "weak_model_name": HEDGED_MODEL_NAME,
+    },
+    HEDGED_MODEL_NAME: {
+        "edit_format": "diff",
+        "use_repo_map": True,
+        "examples_as_sys_msg": True,
+    },
 }
 
 # Marks our finder, whichever copy of this file made it.
@@ -96,10 +109,11 @@ def _on_litellm(litellm: ModuleType) -> None:
 
 def _on_aider_models(models: ModuleType) -> None:
     """Describe freerouter/auto to aider the way its own tables describe known models."""
-    models.model_info_manager.local_model_metadata.setdefault(MODEL_NAME, dict(MODEL_INFO))
     settings = models.MODEL_SETTINGS
-    if not any(getattr(entry, "name", None) == MODEL_NAME for entry in settings):
-        settings.append(models.ModelSettings(name=MODEL_NAME, **AIDER_SETTINGS))
+    for name, fields in AIDER_SETTINGS.items():
+        models.model_info_manager.local_model_metadata.setdefault(name, dict(MODEL_INFO))
+        if not any(getattr(entry, "name", None) == name for entry in settings):
+            settings.append(models.ModelSettings(name=name, **fields))
 
 
 _HOOKS: dict[str, Callable[[ModuleType], None]] = {

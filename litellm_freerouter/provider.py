@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import math
 import threading
@@ -26,6 +27,11 @@ from .sse import Delta
 PROVIDER = "freerouter"
 MODEL = "auto"
 MODEL_NAME = f"{PROVIDER}/{MODEL}"
+# freerouter/auto with hedge_delay "auto" unless a positive delay is set: one model at a time,
+# the next only when the one before runs late. aider's weak model (commit messages, summaries).
+HEDGED = "hedged"
+HEDGED_MODEL_NAME = f"{PROVIDER}/{HEDGED}"
+MODEL_NAMES = (MODEL_NAME, HEDGED_MODEL_NAME)
 
 # What aider and the proxy are told about freerouter/auto.  The router itself checks each
 # request against each model's real context window.
@@ -88,8 +94,16 @@ def prepare(
     *,
     api_key: str | None,
     api_base: str | None,
+    model: str = MODEL,
 ) -> tuple[dict[str, Any], Settings]:
-    """The upstream body and this request's settings."""
+    """The upstream body and this request's settings (``model``: what follows freerouter/)."""
+    if model not in (MODEL, HEDGED):
+        from .errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"unknown model {PROVIDER}/{model}: freerouter offers {MODEL_NAME} (races the free"
+            f" models) and {HEDGED_MODEL_NAME} (one at a time, the next only when it runs late)"
+        )
     optional_params = optional_params or {}
     sent = client_tunables(litellm_params)
     if sent:
@@ -105,6 +119,8 @@ def prepare(
             if source.get(name) is not None:
                 overrides[name] = source[name]
     settings = load_settings(overrides, api_key=api_key, api_base=api_base)
+    if model == HEDGED and settings.hedge_delay == 0:
+        settings = dataclasses.replace(settings, hedge_delay="auto")
     if not isinstance(messages, list) or not messages:
         from .errors import ConfigurationError
 
@@ -137,15 +153,15 @@ def _refused(body: Mapping[str, Any]) -> str | None:
     paid = [key for key in _PAID_PATHS if body.get(key) is not None]
     if paid:
         return (
-            f"{', '.join(paid)} cannot be sent through freerouter/auto: OpenRouter would"
+            f"{', '.join(paid)} cannot be sent through freerouter: OpenRouter would"
             " reach past the free model it picked (fallback models may be paid, web search"
             " is billed); freerouter itself falls back among free models"
         )
     n = body.get("n")
     if n is not None and n != 1:
-        return f"n must be 1: freerouter/auto returns one answer per request, got n={n!r}"
+        return f"n must be 1: freerouter returns one answer per request, got n={n!r}"
     if body.get("logprobs") or body.get("top_logprobs"):
-        return "logprobs are not supported by freerouter/auto: its answers never carry them"
+        return "logprobs are not supported by freerouter: its answers never carry them"
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
         if value is None:
@@ -349,7 +365,12 @@ class FreeRouterLLM(CustomLLM):
     ) -> ModelResponse:
         try:
             body, settings = prepare(
-                messages, optional_params, litellm_params, api_key=api_key, api_base=api_base
+                messages,
+                optional_params,
+                litellm_params,
+                api_key=api_key,
+                api_base=api_base,
+                model=model,
             )
             answer = engine.call_sync(
                 lambda: _router(settings).complete(body, settings), timeout=_seconds(timeout)
@@ -379,7 +400,12 @@ class FreeRouterLLM(CustomLLM):
     ) -> ModelResponse:
         try:
             body, settings = prepare(
-                messages, optional_params, litellm_params, api_key=api_key, api_base=api_base
+                messages,
+                optional_params,
+                litellm_params,
+                api_key=api_key,
+                api_base=api_base,
+                model=model,
             )
             answer = await _with_timeout(
                 _router(settings).complete(body, settings), _seconds(timeout)
@@ -408,7 +434,9 @@ class FreeRouterLLM(CustomLLM):
         client: Any = None,
     ) -> Iterator[GenericStreamingChunk]:
         return ChunkStream(
-            _sync_chunks(messages, optional_params, litellm_params, api_key, api_base, timeout)
+            _sync_chunks(
+                model, messages, optional_params, litellm_params, api_key, api_base, timeout
+            )
         )
 
     def astreaming(  # type: ignore[override,misc]
@@ -432,11 +460,14 @@ class FreeRouterLLM(CustomLLM):
     ) -> AsyncIterator[GenericStreamingChunk]:
         # litellm iterates what this returns without awaiting it: an async iterator object.
         return AsyncChunkStream(
-            _async_chunks(messages, optional_params, litellm_params, api_key, api_base, timeout)
+            _async_chunks(
+                model, messages, optional_params, litellm_params, api_key, api_base, timeout
+            )
         )
 
 
 def _sync_chunks(
+    model: str,
     messages: Any,
     optional_params: Any,
     litellm_params: Any,
@@ -446,7 +477,12 @@ def _sync_chunks(
 ) -> Iterator[GenericStreamingChunk]:
     try:
         body, settings = prepare(
-            messages, optional_params, litellm_params, api_key=api_key, api_base=api_base
+            messages,
+            optional_params,
+            litellm_params,
+            api_key=api_key,
+            api_base=api_base,
+            model=model,
         )
         yield from engine.stream_sync(
             lambda: _generic_chunks(body, settings),
@@ -458,6 +494,7 @@ def _sync_chunks(
 
 
 async def _async_chunks(
+    model: str,
     messages: Any,
     optional_params: Any,
     litellm_params: Any,
@@ -467,7 +504,12 @@ async def _async_chunks(
 ) -> AsyncIterator[GenericStreamingChunk]:
     try:
         body, settings = prepare(
-            messages, optional_params, litellm_params, api_key=api_key, api_base=api_base
+            messages,
+            optional_params,
+            litellm_params,
+            api_key=api_key,
+            api_base=api_base,
+            model=model,
         )
         stream = engine.stream_local(
             lambda: _generic_chunks(body, settings), consumer_timeout=settings.idle_timeout
@@ -604,5 +646,6 @@ def register() -> None:
         setup: Any = custom_llm_setup  # untyped in some litellm versions
         setup()
         _tag_wrapper_chunks()
-        if MODEL_NAME not in litellm.model_cost:
-            litellm.register_model({MODEL_NAME: dict(MODEL_INFO)})
+        missing = {name: dict(MODEL_INFO) for name in MODEL_NAMES if name not in litellm.model_cost}
+        if missing:
+            litellm.register_model(missing)

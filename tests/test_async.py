@@ -49,6 +49,31 @@ async def test_async_stream_and_response(served: tuple[Simulator, TestServer]) -
     await sim.wait_idle()
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_freerouter_hedged_asks_one_model_while_auto_races(
+    served: tuple[Simulator, TestServer], stream: bool
+) -> None:
+    """freerouter/hedged through acompletion: from empty state the first-ranked model answers
+    alone (an unmeasured model is given seconds before a hedge), where freerouter/auto starts
+    both (test_routing checks the sync paths)."""
+    sim, _ = served
+    sim.set_models([fast("one/a:free", "one"), fast("two/b:free", "two")])
+
+    async def winners(model: str) -> set[str]:
+        if not stream:
+            response = await litellm.acompletion(model=model, messages=MESSAGES)
+            return {response.freerouter_model}
+        chunks = await litellm.acompletion(model=model, messages=MESSAGES, stream=True)
+        return {chunk.freerouter_model async for chunk in chunks}
+
+    assert await winners("freerouter/hedged") == {sim.requests[0].model}
+    assert len(sim.requests) == 1
+    await sim.wait_idle()
+    await winners("freerouter/auto")
+    assert len(sim.requests) == 3
+    await sim.wait_idle()
+
+
 async def test_concurrent_async_requests(served: tuple[Simulator, TestServer]) -> None:
     """Many concurrent acompletion streams each get their whole answer."""
     sim, _ = served

@@ -103,6 +103,7 @@ def test_hook_is_a_single_import_line() -> None:
 def test_model_info_is_the_providers() -> None:
     """What aider is told about freerouter/auto is what litellm is told."""
     assert autoload.MODEL_NAME == provider.MODEL_NAME
+    assert autoload.HEDGED_MODEL_NAME == provider.HEDGED_MODEL_NAME
     assert autoload.MODEL_INFO == provider.MODEL_INFO
 
 
@@ -230,6 +231,7 @@ class ModelSettings:
     edit_format: str = "whole"
     use_repo_map: bool = False
     examples_as_sys_msg: bool = False
+    weak_model_name: str | None = None
 
 MODEL_SETTINGS = [ModelSettings(name="gpt-4o", edit_format="diff")]
 
@@ -249,29 +251,30 @@ def fake_aider(tmp_path: Path) -> None:
 
 
 def test_importing_aider_models_describes_freerouter(tmp_path: Path) -> None:
-    """Once aider.models is imported it knows freerouter/auto's window and zero cost and has
-    edit settings for it, without importing litellm (aider defers that on purpose)."""
+    """Once aider.models is imported it knows the window and zero cost of freerouter/auto and
+    of freerouter/hedged, its weak model, and has edit settings for both, without importing
+    litellm (aider defers that on purpose)."""
     fake_aider(tmp_path)
     state, stderr = python(
         """
         import aider.models as models
-        sys.modules["_litellm_freerouter_autoload"].install()  # again: still one entry
+        sys.modules["_litellm_freerouter_autoload"].install()  # again: still one entry each
         report(
-            metadata=models.model_info_manager.local_model_metadata["freerouter/auto"],
-            settings=[vars(s) for s in models.MODEL_SETTINGS if s.name == "freerouter/auto"],
+            metadata=models.model_info_manager.local_model_metadata,
+            settings=[vars(s) for s in models.MODEL_SETTINGS if s.name.startswith("freerouter")],
         )
         """,
         tmp_path,
         pythonpath=tmp_path / "fake",
     )
-    assert state["metadata"] == provider.MODEL_INFO
+    assert state["metadata"] == {
+        "freerouter/auto": provider.MODEL_INFO,
+        "freerouter/hedged": provider.MODEL_INFO,
+    }
+    same = {"edit_format": "diff", "use_repo_map": True, "examples_as_sys_msg": True}
     assert state["settings"] == [
-        {
-            "name": "freerouter/auto",
-            "edit_format": "diff",
-            "use_repo_map": True,
-            "examples_as_sys_msg": True,
-        }
+        {"name": "freerouter/auto", **same, "weak_model_name": "freerouter/hedged"},
+        {"name": "freerouter/hedged", **same, "weak_model_name": None},
     ]
     assert not state["litellm_imported"]
     assert WARNING not in stderr

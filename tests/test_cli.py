@@ -290,7 +290,7 @@ def test_doctor_advises_hedging_on_a_50_a_day_account(
     assert (f"✓ {quota}" in result.stdout) is not advised
     assert (advice in result.stdout) is advised
     if advised:
-        assert "FREEROUTER_HEDGE_DELAY=auto" in result.stdout
+        assert "freerouter/hedged, or FREEROUTER_HEDGE_DELAY=auto" in result.stdout
 
 
 def test_doctor_without_probe_sends_no_request(api: Upstream) -> None:

@@ -13,6 +13,7 @@ import litellm_freerouter
 def test_exported_members() -> None:
     """__all__ is the documented public API, and every name in it exists."""
     assert litellm_freerouter.__all__ == [
+        "HEDGED_MODEL_NAME",
         "MODEL_INFO",
         "MODEL_NAME",
         "AllModelsFailed",
@@ -43,9 +44,10 @@ def test_registration_is_idempotent() -> None:
     entries = [e for e in litellm.custom_provider_map if e["provider"] == "freerouter"]
     assert len(entries) == 1
     assert "freerouter" in litellm.provider_list
-    info = litellm.get_model_info("freerouter/auto")
-    assert info["input_cost_per_token"] == 0 and info["output_cost_per_token"] == 0
-    assert info["max_input_tokens"] == litellm_freerouter.MODEL_INFO["max_input_tokens"]
+    for name in ("freerouter/auto", "freerouter/hedged"):
+        info = litellm.get_model_info(name)
+        assert info["input_cost_per_token"] == 0 and info["output_cost_per_token"] == 0
+        assert info["max_input_tokens"] == litellm_freerouter.MODEL_INFO["max_input_tokens"]
 
 
 def test_import_touches_no_network_and_starts_nothing() -> None:

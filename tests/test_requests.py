@@ -202,7 +202,7 @@ def posts(m: Any) -> int:
 @pytest.mark.parametrize(
     ("extra", "says"),
     [
-        ({"models": ["openai/gpt-4o"]}, "models cannot be sent through freerouter/auto"),
+        ({"models": ["openai/gpt-4o"]}, "models cannot be sent through freerouter:"),
         ({"extra_body": {"models": ["openai/gpt-4o"], "route": "fallback"}}, "models, route"),
         ({"extra_body": {"plugins": [{"id": "web"}]}}, "plugins cannot be sent"),
         ({"web_search_options": {"search_context_size": "low"}}, "web_search_options"),
@@ -222,3 +222,21 @@ def test_a_request_that_would_reach_past_free_or_lose_something_is_refused(
             model="freerouter/auto", messages=[{"role": "user", "content": "x"}], **extra
         )
     assert posts(mocked) == 0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_an_unknown_freerouter_model_is_refused_naming_the_real_ones(
+    mocked: Any, stream: bool
+) -> None:
+    """A mistyped model name is a BadRequestError that names both models, before anything is
+    fetched or sent (not a silent freerouter/auto)."""
+    with pytest.raises(litellm.BadRequestError) as caught:
+        response = litellm.completion(
+            model="freerouter/atuo", messages=[{"role": "user", "content": "x"}], stream=stream
+        )
+        for _ in response:
+            pass
+    message = str(caught.value)
+    assert "unknown model freerouter/atuo" in message
+    assert "freerouter/auto" in message and "freerouter/hedged" in message
+    assert mocked.requests == {}

@@ -204,6 +204,35 @@ def test_hedged_racing_spends_about_one_request_per_answer(upstream: Upstream) -
     assert spent < 20, spent  # racing all at once would have cost 30
 
 
+def _call(model: str, stream: bool) -> set[str]:
+    """The winners named by one sync call of ``model``."""
+    if stream:
+        chunks = litellm.completion(model=model, messages=MESSAGES, stream=True)
+        return {chunk.freerouter_model for chunk in chunks}
+    return {litellm.completion(model=model, messages=MESSAGES).freerouter_model}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_freerouter_hedged_asks_one_model_while_auto_races(
+    upstream: Upstream, stream: bool
+) -> None:
+    """freerouter/hedged is freerouter/auto with hedge_delay "auto" (test_async checks the
+    async paths): from empty state the first-ranked model answers alone (an unmeasured model
+    is given seconds before a hedge), where freerouter/auto starts both."""
+    upstream.sim.set_models(
+        [
+            fast("one/a:free", "one", delay=0.05, context_length=1000),
+            fast("two/b:free", "two", delay=0.05, context_length=2000),
+        ]
+    )
+    winners = _call("freerouter/hedged", stream)
+    assert len(upstream.sim.requests) == 1
+    assert winners == {upstream.sim.requests[0].model}
+    upstream.wait_idle()
+    _call("freerouter/auto", stream)
+    assert len(upstream.sim.requests) == 3
+
+
 def test_hedged_race_adds_a_contender_when_the_leader_is_late(upstream: Upstream) -> None:
     """A hedged race starts the next model once the leader is past its usual first-token time."""
     upstream.sim.set_models(

@@ -158,19 +158,48 @@ def simulator(start_simulator: Any) -> SimulatorProcess:
     return sim
 
 
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "Test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "Test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+}
+
+
+def _git(project: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **GIT_IDENTITY},
+    )
+    assert done.returncode == 0, f"git {args}: {done.stderr}"
+    return done.stdout
+
+
 def run_aider(
     install: AiderInstall,
     sim: SimulatorProcess,
     tmp_path: Path,
     *extra: str,
     env_extra: dict[str, str] | None = None,
+    git: bool = False,
 ) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
-    """aider run as REFERENCE.md shows, in a fresh HOME and project; the output, file, net log."""
+    """aider run as REFERENCE.md shows, in a fresh HOME and project (a git repository with one
+    commit if ``git``, where aider commits its edit); the output, file, net log."""
     project, home = tmp_path / "project", tmp_path / "home"
     project.mkdir()
     home.mkdir()
     target = project / "hello.py"
     target.write_text(ORIGINAL, encoding="utf-8")
+    if git:
+        _git(project, "init", "-q")
+        _git(project, "config", "user.name", GIT_IDENTITY["GIT_AUTHOR_NAME"])
+        _git(project, "config", "user.email", GIT_IDENTITY["GIT_AUTHOR_EMAIL"])
+        _git(project, "add", "hello.py")
+        _git(project, "commit", "-q", "-m", "Start")
     netlog = tmp_path / "network.log"
     env = {
         k: v
@@ -184,6 +213,7 @@ def run_aider(
         OPENROUTER_API_BASE=sim.url,
         FREEROUTER_STATE_DIR=str(tmp_path / "state"),
         TERM="dumb",
+        **GIT_IDENTITY,
     )
     env.update(env_extra or {})
     command = [
@@ -199,7 +229,7 @@ def run_aider(
         "--message",
         "Make hello.py greet the race.",
         "--yes-always",
-        "--no-git",
+        *(["--no-gitignore"] if git else ["--no-git"]),
         "--no-check-update",
         "--no-analytics",
         "--no-show-release-notes",
@@ -244,12 +274,35 @@ def test_aider_edits_a_file_through_freerouter(
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert target.read_text(encoding="utf-8") == EDITED, output
-    assert "Model: freerouter/auto with whole edit format" in output
+    assert "Main model: freerouter/auto with whole edit format" in output
+    assert "Weak model: freerouter/hedged" in output
     assert "Applied edit to hello.py" in output
     assert [line for line in output.splitlines() if TROUBLE.search(line)] == [], output
     assert not netlog.exists(), netlog.read_text(encoding="utf-8")
     # The winner and at least one of the others were asked: a race, not a single call.
     assert simulator.chat_requests() - asked_before >= 2
+
+
+def test_aiders_commit_message_costs_one_request_not_a_race(
+    aider: AiderInstall, simulator: SimulatorProcess, tmp_path: Path
+) -> None:
+    """aider writes a commit message with its weak model after every edit. The hook makes that
+    freerouter/hedged: the model that just won answers alone, where freerouter/auto would
+    start a second race (here: the winner and the slow model again)."""
+    done, target, netlog = run_aider(aider, simulator, tmp_path, git=True)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "Weak model: freerouter/hedged" in output
+    assert target.read_text(encoding="utf-8") == EDITED, output
+    assert [line for line in output.splitlines() if TROUBLE.search(line)] == [], output
+    project = target.parent
+    assert _git(project, "status", "--porcelain", "hello.py") == ""  # the edit is committed
+    subjects = _git(project, "log", "--format=%s").splitlines()
+    assert len(subjects) == 2 and subjects[1] == "Start", subjects
+    assert subjects[0] == "Here is the updated file:", subjects  # the model's answer
+    # The edit raced all three models; the commit message asked one.
+    assert simulator.chat_requests() == len(MODELS) + 1, output
+    assert not netlog.exists(), netlog.read_text(encoding="utf-8")
 
 
 def test_autoload_switched_off_leaves_aider_without_freerouter(

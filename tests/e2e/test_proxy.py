@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import yaml
 
 from litellm_freerouter.config import TUNABLES, load_settings
 from litellm_freerouter.simulator import ModelScript, RecordedRequest, Simulator, SimulatorThread
@@ -369,6 +370,64 @@ def test_wrong_key_is_refused_before_upstream(
     assert openrouter.since(mark) == []
 
 
+def uncomment_hedged_entry(text: str) -> str:
+    """config.example.yaml with its commented-out freerouter/hedged entry switched on, as the
+    comment above it says to."""
+    lines = text.splitlines(keepends=True)
+    start = lines.index("  # - model_name: freerouter/hedged\n")
+    end = start + 1
+    while lines[end].startswith("  #   "):
+        end += 1
+    entry = ["  " + line[4:] for line in lines[start:end]]
+    return "".join(lines[:start] + entry + lines[end:])
+
+
+@pytest.fixture(scope="module")
+def hedged_proxy(
+    openrouter: FakeOpenRouter, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Proxy]:
+    """The example config with its freerouter/hedged entry uncommented."""
+    directory = tmp_path_factory.mktemp("hedged-proxy")
+    config = directory / "config.yaml"
+    config.write_text(uncomment_hedged_entry(EXAMPLE_CONFIG.read_text()), encoding="utf-8")
+    env = proxy_env(
+        {
+            "OPENROUTER_API_KEY": UPSTREAM_KEY,
+            "OPENROUTER_API_BASE": openrouter.thread.url,
+            "LITELLM_MASTER_KEY": MASTER_KEY,
+            "FREEROUTER_STATE_DIR": str(directory / "state"),
+        }
+    )
+    proxy = Proxy(config, env, secrets=(MASTER_KEY, UPSTREAM_KEY))
+    yield proxy.start()
+    proxy.stop()
+
+
+def test_the_examples_hedged_entry_asks_one_model_where_auto_races(
+    hedged_proxy: Proxy, openrouter: FakeOpenRouter
+) -> None:
+    """Uncommented, the example's second entry serves freerouter/hedged: from empty state the
+    first-ranked model answers alone (an unmeasured model gets 6.6 s before a hedge; the
+    slowest here answers in 1.5 s), while freerouter/auto on the same proxy races all three."""
+    names = [
+        entry["model_name"]
+        for entry in yaml.safe_load(hedged_proxy.config.read_text())["model_list"]
+    ]
+    assert names == [MODEL, "freerouter/hedged"]
+    openrouter.wait_idle()
+    mark = openrouter.mark()
+    with client_of(hedged_proxy) as client:
+        reply = client.chat.completions.create(model="freerouter/hedged", messages=ask("hedged"))
+    (sent,) = openrouter.since(mark)
+    assert reply.model_extra["freerouter_model"] == sent.model
+    assert reply.choices[0].message.content == TEXT[sent.model]
+    mark = openrouter.mark()
+    with client_of(hedged_proxy) as client:
+        reply = client.chat.completions.create(model=MODEL, messages=ask("raced"))
+    assert sorted(rec.model for rec in openrouter.since(mark)) == sorted(TEXT)
+    assert reply.model_extra["freerouter_model"] == SWIFT.id
+
+
 # --- the 1.81.x shim, with tunables in litellm_params ------------------------------------------
 
 
@@ -424,6 +483,11 @@ def check_no_key_in_output(proxy: Proxy) -> None:
 def test_example_proxy_output_never_shows_a_key(example_proxy: Proxy) -> None:
     """Neither the OpenRouter key nor the master key appears in the example proxy's output."""
     check_no_key_in_output(example_proxy)
+
+
+def test_hedged_proxy_output_never_shows_a_key(hedged_proxy: Proxy) -> None:
+    """Neither the OpenRouter key nor the master key appears in the hedged proxy's output."""
+    check_no_key_in_output(hedged_proxy)
 
 
 def test_shim_proxy_output_never_shows_a_key(shim_proxy: Proxy) -> None:
