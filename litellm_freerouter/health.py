@@ -80,6 +80,9 @@ class ModelStats:
     limit_rpm: int | None = None  # the model's own requests-per-minute limit, once it said so
     # When it was last sent a request, by any process sharing the state (the last minute only).
     sent: deque[float] = field(default_factory=lambda: deque(maxlen=SENT_KEEP))
+    # The requests of ``sent`` it refused with a 429 (moved here): they did not use the model's
+    # own minute, but OpenRouter counts every attempt against the account's (the last minute).
+    refused: deque[float] = field(default_factory=lambda: deque(maxlen=SENT_KEEP))
 
     @property
     def ttft(self) -> list[float]:
@@ -302,6 +305,7 @@ class Health:
         def edit(stats: ModelStats) -> None:
             stats.attempts += 1
             _trim(stats.sent, now)
+            _trim(stats.refused, now)
             stats.sent.append(now)
 
         self._update_stats(model, edit)
@@ -311,7 +315,10 @@ class Health:
         sharing the state (as of the last refresh and this process's own since)."""
         with self._lock:
             now = self.clock()
-            return sum(_recent_count(stats.sent, now) for stats in self._models.values())
+            return sum(
+                _recent_count(stats.sent, now) + _recent_count(stats.refused, now)
+                for stats in self._models.values()
+            )
 
     def minute_frees_in(self, limit: int) -> float:
         """Seconds until fewer than ``limit`` requests (to any model, by every sharing
@@ -319,17 +326,21 @@ class Health:
         with self._lock:
             now = self.clock()
             recent = sorted(
-                t for stats in self._models.values() for t in stats.sent if t > now - RPM_WINDOW
+                t
+                for stats in self._models.values()
+                for t in (*stats.sent, *stats.refused)
+                if t > now - RPM_WINDOW
             )
         return _frees_in(recent, limit, now)
 
     def refused(self, model: str, limit_rpm: int | None) -> None:
-        """The model answered 429 without serving: the request did not use its minute (so it
-        is not counted), and its per-minute limit, when it said one, is remembered."""
+        """The model answered 429 without serving: the request did not use the model's minute
+        (so its own limit does not count it), but still counts in the account's minute; its
+        per-minute limit, when it said one, is remembered."""
 
         def edit(stats: ModelStats) -> None:
             if stats.sent:
-                stats.sent.pop()
+                stats.refused.append(stats.sent.pop())
             if limit_rpm is not None:
                 stats.limit_rpm = limit_rpm
 
@@ -600,6 +611,7 @@ def _stats_from(data: Mapping[str, Any]) -> ModelStats:
         attempts=_int(data.get("attempts")) or 0,
         limit_rpm=_int(data.get("limit_rpm")),
         sent=_samples(data.get("sent"), maxlen=SENT_KEEP),
+        refused=_samples(data.get("refused"), maxlen=SENT_KEEP),
     )
 
 
@@ -614,6 +626,7 @@ def _stats_data(stats: ModelStats) -> dict[str, Any]:
         "attempts": stats.attempts,
         "limit_rpm": stats.limit_rpm,
         "sent": list(stats.sent),
+        "refused": list(stats.refused),
     }
 
 

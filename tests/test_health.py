@@ -163,7 +163,8 @@ def test_stats_written_before_the_shared_window_are_still_read() -> None:
 
 def test_a_models_per_minute_limit_paces_this_process() -> None:
     """Once a model said its limit, sending it more within a minute waits for the oldest
-    request to leave the minute; a refused request does not count."""
+    request to leave the minute; a refused request does not count against the model's limit,
+    but does against the account's minute (OpenRouter counts every attempt)."""
     clock = Clock()
     health = Health(clock=clock)
     health.record_attempt("m:free")
@@ -174,6 +175,8 @@ def test_a_models_per_minute_limit_paces_this_process() -> None:
     health.refused("m:free", 2)
     assert health.stats("m:free").limit_rpm == 2
     assert health.limit_wait("m:free") == 50  # the first request leaves the minute in 50 s
+    assert health.sent_last_minute() == 3
+    assert health.minute_frees_in(3) == 50 and health.minute_frees_in(2) == 60
     assert health.back_in("m:free") == 50 and health.next_ready_in(["m:free"]) == 50
     assert not health.ready("m:free") and health.cooling_for("m:free") == 0
     health.cool("m:free", 70, "rate_limited")

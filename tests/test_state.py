@@ -291,6 +291,24 @@ def test_statistics_from_two_processes_add_up(
     assert stats.failures == 1.0 and stats.successes == pytest.approx(1.8 * 0.8)
 
 
+def test_a_refused_request_counts_in_the_accounts_minute_everywhere(
+    two_healths: Callable[[list[float]], tuple[Health, Health]],
+) -> None:
+    """A request a model refused with a 429 leaves the model's own minute but stays in the
+    account's, in the process that sent it and in one that shares the state."""
+    clock = [NOW]
+    one, other = two_healths(clock)
+    one.record_attempt("m/a:free")
+    one.record_attempt("m/b:free")
+    one.refused("m/b:free", 1)
+    other.refresh()
+    for health in (one, other):
+        assert health.sent_last_minute() == 2
+        assert health.limit_wait("m/b:free") == 0
+    clock[0] += 61
+    assert other.sent_last_minute() == 0
+
+
 def test_daily_quota_stop_holds_across_processes_until_the_reset(
     two_healths: Callable[[list[float]], tuple[Health, Health]],
 ) -> None:
