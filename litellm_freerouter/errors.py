@@ -120,6 +120,13 @@ class AllModelsFailed(FreeRouterError):
             if cap is not None
             else ""
         )
+        if not self.failures and cap is not None:
+            # An answer carried on, or races the account's minute cut short, used them all.
+            super().__init__(
+                f"this request has sent as many upstream requests as FREEROUTER_MAX_ATTEMPTS"
+                f" ({cap}) allows"
+            )
+            return
         super().__init__(
             f"all {len(self.failures)} free models tried for this request failed{why}:"
             f" {shown}{more}"

@@ -566,18 +566,20 @@ class Router:
         return width
 
     async def _attempt(
-        self, body: dict[str, Any], settings: Settings, request_id: str, failed: set[str]
+        self, body: dict[str, Any], settings: Settings, request_id: str, spent: _Spent
     ) -> AsyncGenerator[tuple[str, Delta], None]:
-        """One race for ``body`` among the models not in ``failed``, then the winner's answer:
-        yields (winning model, delta); a failure after the first token raises _MidAnswer."""
+        """One race for ``body`` among the models that have not failed the request, then the
+        winner's answer: yields (winning model, delta); a failure after the first token raises
+        _MidAnswer. ``spent`` carries what the request spent over to a race that carries its
+        answer on."""
         api_key = settings.require_key()
         self.api_key = api_key
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.wait_for_model
         # Every model this request has tried (and the ones it broke off on): a model is asked
         # at most once, so that waiting for a cooldown never spends quota on a known failure.
-        tried = set(failed)
-        failures: list[Failure] = []  # of the models that failed this request, in order
+        tried = set(spent.failed)
+        failures: list[Failure] = []  # of the models that failed this race, in order
         refused: list[Failure] = []  # refused outright (400/422) by a model, this request
         conversation = conversation_key(body.get("messages") or [])
         headers = {
@@ -606,6 +608,8 @@ class Router:
         def on_failure(failure: Failure) -> None:
             if failure.scope != "account":
                 failures.append(failure)
+                if failure.model:
+                    spent.failed.add(failure.model)
             self._handle_failure(failure, settings, request_id)
             if failure.kind == "rejected" and failure.status in (400, 422):
                 refused.append(failure)
@@ -615,19 +619,19 @@ class Router:
                         self.health.uncool(each.model or "", "rejected")
                     raise RequestRejected(refused)
 
-        attempts = 0  # upstream requests this attempt has started
+        cap = max(settings.max_attempts, settings.race_width)
 
         def on_start(contender: Contender) -> None:
-            nonlocal attempts
-            attempts += 1
+            spent.attempts += 1
             tried.add(contender.id)
             self.health.record_attempt(contender.id)
             self.health.spend()
             events.emit(events.ContenderStarted(request_id, contender.id, loop.time() - race_start))
 
         while True:
-            left = max(settings.max_attempts, settings.race_width) - attempts
-            if left <= 0 and failures:
+            left = cap - spent.attempts
+            if left <= 0:
+                # Failed contenders, or earlier races of an answer carried on, used them all.
                 raise AllModelsFailed(failures, cap=settings.max_attempts)
             limit = settings.requests_per_minute
             if failures and limit:
@@ -675,7 +679,7 @@ class Router:
                     raise self._account_stop(stop.failure) from None
                 # The account's minute is used up: the race's other contenders were cancelled,
                 # not failed, and may be asked again once the minute frees (if it does in time).
-                tried = set(failed) | {f.model for f in failures if f.model}
+                tried = set(spent.failed)
                 continue
             except AllFailed:
                 continue  # every ready model failed; another may still come back in time
@@ -738,12 +742,12 @@ class Router:
         request_id = f"fr{next(_request_ids)}"
         delivered = ""
         tool_calls = False
-        failed: set[str] = set()
+        spent = _Spent()
         first_break: UpstreamError | None = None
         current = body
         while True:
             try:
-                attempt = self._attempt(current, settings, request_id, failed)
+                attempt = self._attempt(current, settings, request_id, spent)
                 async with contextlib.aclosing(attempt) as deltas:
                     async for model, delta in deltas:
                         delivered += delta.content
@@ -751,9 +755,9 @@ class Router:
                         yield model, delta
                 return
             except _MidAnswer as broken:
-                if len(failed) >= settings.resume or tool_calls:
+                if spent.breaks >= settings.resume or tool_calls:
                     raise broken.error from None
-                failed.add(broken.model)
+                spent.broke(broken.model)
                 first_break = first_break or broken.error
                 events.emit(
                     events.Resumed(
@@ -773,15 +777,15 @@ class Router:
         token simply starts afresh on another model, up to ``settings.resume`` times.
         """
         request_id = f"fr{next(_request_ids)}"
-        failed: set[str] = set()
+        spent = _Spent()
         first_break: UpstreamError | None = None
         while True:
             try:
-                return await self._complete_once(body, settings, request_id, failed)
+                return await self._complete_once(body, settings, request_id, spent)
             except _MidAnswer as broken:
-                if len(failed) >= settings.resume:
+                if spent.breaks >= settings.resume:
                     raise broken.error from None
-                failed.add(broken.model)
+                spent.broke(broken.model)
                 first_break = first_break or broken.error
                 events.emit(
                     events.Resumed(request_id, broken.model, broken.error.failure.kind, 0, True)
@@ -792,11 +796,11 @@ class Router:
                 raise _carry_on_failed(first_break, exc) from None
 
     async def _complete_once(
-        self, body: dict[str, Any], settings: Settings, request_id: str, failed: set[str]
+        self, body: dict[str, Any], settings: Settings, request_id: str, spent: _Spent
     ) -> Answer:
         answer: Answer | None = None
         calls: dict[int, dict[str, Any]] = {}
-        attempt = self._attempt(body, settings, request_id, failed)
+        attempt = self._attempt(body, settings, request_id, spent)
         async with contextlib.aclosing(attempt) as deltas:
             async for model, delta in deltas:
                 if answer is None:
@@ -824,6 +828,22 @@ class Router:
         if answer.tool_calls and answer.finish_reason == "stop":
             answer.finish_reason = "tool_calls"
         return answer
+
+
+@dataclass(slots=True)
+class _Spent:
+    """What one request has spent, over every race of it (an answer carried on is raced
+    again): the upstream requests it sent (``FREEROUTER_MAX_ATTEMPTS`` bounds them all), the
+    models that failed it or broke off its answer (never asked again for it), and how many
+    broke off (``FREEROUTER_RESUME`` bounds those)."""
+
+    attempts: int = 0
+    failed: set[str] = field(default_factory=set)
+    breaks: int = 0
+
+    def broke(self, model: str) -> None:
+        self.breaks += 1
+        self.failed.add(model)
 
 
 class _MidAnswer(Exception):

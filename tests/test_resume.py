@@ -8,6 +8,7 @@ from typing import Any
 import litellm
 import pytest
 
+from litellm_freerouter import events
 from litellm_freerouter.router import with_prefill
 from litellm_freerouter.simulator import ModelScript
 
@@ -146,6 +147,89 @@ def test_no_model_left_to_carry_on_says_both(upstream: Upstream) -> None:
         stream_text(idle_timeout=0.3)
     upstream.wait_idle()
     assert request_tasks() == []
+
+
+def answer_of(stream: bool, **kwargs: Any) -> str:
+    if stream:
+        return stream_text(**kwargs)[0]
+    response = litellm.completion(model="freerouter/auto", messages=MESSAGES, **kwargs)
+    return str(response.choices[0].message.content)
+
+
+def contenders_started(call: Any) -> tuple[list[str], Any]:
+    """The models ``call()`` started contenders on, in order, and what it returned."""
+    started: list[str] = []
+
+    def note(event: object) -> None:
+        if isinstance(event, events.ContenderStarted):
+            started.append(event.model)
+
+    unsubscribe = events.subscribe(note)
+    try:
+        result = call()
+    finally:
+        unsubscribe()
+    return started, result
+
+
+# The winner breaks off at once; two slower models lose the first race.
+RACE_OF_THREE = [
+    breaking("break/a:free", drop_after_chunks=2),
+    ModelScript("steady/b:free", chunks=WORDS, first_token_delay=1.0, context_length=2000),
+    ModelScript("steady/c:free", chunks=WORDS, first_token_delay=1.2, context_length=3000),
+]
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
+def test_max_attempts_bounds_every_race_of_one_request(upstream: Upstream, stream: bool) -> None:
+    """FREEROUTER_MAX_ATTEMPTS counts the upstream requests of the whole request, the races
+    that carry an answer on included: with 4, the carry-on may start one model."""
+    upstream.sim.set_models(RACE_OF_THREE)
+    started, text = contenders_started(
+        lambda: answer_of(stream, race_width=3, max_attempts=4, explore=0)
+    )
+    assert text == ANSWER
+    assert len(started) == 4 and started[3] in {"steady/b:free", "steady/c:free"}, started
+    upstream.wait_idle()
+    assert request_tasks() == []
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
+def test_an_answer_is_not_carried_on_past_max_attempts(upstream: Upstream, stream: bool) -> None:
+    """With FREEROUTER_MAX_ATTEMPTS 3, the first race of three used them all: the break stands,
+    saying why it was not carried on, and nothing more is sent."""
+    upstream.sim.set_models(RACE_OF_THREE)
+    with pytest.raises(litellm.ServiceUnavailableError) as caught:  # a connection reset
+        contenders_started(lambda: answer_of(stream, race_width=3, max_attempts=3, explore=0))
+    message = str(caught.value)
+    assert "break/a:free" in message and "no other model could carry the answer on" in message
+    assert "as many upstream requests as FREEROUTER_MAX_ATTEMPTS (3) allows" in message
+    upstream.wait_idle()
+    assert request_tasks() == []
+
+
+def test_a_model_that_failed_the_request_is_not_asked_again_to_carry_it_on(
+    upstream: Upstream,
+) -> None:
+    """A model that refused this request (a context-length 400: benched for this request
+    only, healthy for others) is not asked again by the race that carries the answer on."""
+    upstream.sim.set_models(
+        [
+            # Its first token comes well after the 400 below, well before steady's.
+            breaking("break/a:free", drop_after_chunks=2, first_token_delay=0.5),
+            ModelScript(
+                "tight/c:free",
+                context_length=3000,
+                status=400,
+                error_message="This endpoint's maximum context length is 3000 tokens.",
+            ),
+            ModelScript("steady/b:free", chunks=WORDS, first_token_delay=2.0, context_length=2000),
+        ]
+    )
+    started, text = contenders_started(lambda: answer_of(True, race_width=3, explore=0))
+    assert text == ANSWER
+    assert started.count("tight/c:free") == 1, started
+    assert started.count("steady/b:free") == 2, started  # lost the first race, carried it on
 
 
 def test_prefill_extends_a_callers_own_prefill() -> None:
