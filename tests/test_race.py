@@ -111,6 +111,77 @@ async def test_a_first_token_in_the_turn_the_race_is_cancelled_still_closes(
     assert [r.outcome for r in upstream.sim.requests] == ["client_closed"]
 
 
+@pytest.mark.parametrize("model_id", ["openai/gpt-4o", "x/y:free ", "x/y:free:extended"])
+def test_a_contender_for_a_paid_model_cannot_be_made(model_id: str) -> None:
+    """The last guard, right before each request: whatever the catalogue or a caller says, a
+    contender is only ever made for an id that ends in ':free'."""
+    with pytest.raises(ValueError, match="it is not a free model"):
+        Contender(
+            FreeModel(model_id),
+            session=None,  # type: ignore[arg-type]  # refused before it is used
+            url="http://127.0.0.1:9/api/v1/chat/completions",
+            headers={},
+            body=b"{}",
+            started=0.0,
+            idle_timeout=None,
+        )
+
+
+async def test_a_dropped_contender_is_closed_before_its_replacement_starts(
+    upstream: Upstream,
+) -> None:
+    """A contender with no first token in time is hung up on at once, not when the race
+    ends: its connection is already closed when the model replacing it is started."""
+    upstream.sim.set_models(
+        [
+            ModelScript("stuck/a:free", stall_before_first_token=True),
+            fast("next/b:free", "next", delay=0.05),
+        ]
+    )
+    connected: dict[str, aiohttp.ClientResponse] = {}
+    closed_when_replaced: list[bool] = []
+
+    class Watched(Contender):
+        async def _connect(self) -> None:
+            await super()._connect()
+            assert self._response is not None
+            connected[self.id] = self._response
+
+    def on_start(contender: Contender) -> None:
+        if contender.id == "next/b:free":
+            closed_when_replaced.append(connected["stuck/a:free"].closed)
+
+    def make(model: FreeModel, now: float) -> Contender:
+        body = {"model": model.id, "messages": MESSAGES, "stream": True}
+        return Watched(
+            model,
+            session=session,
+            url=f"{upstream.url}/chat/completions",
+            headers={"Authorization": f"Bearer {KEY}"},
+            body=json.dumps(body).encode(),
+            started=now,
+            idle_timeout=None,
+        )
+
+    failures: list[str] = []
+    async with aiohttp.ClientSession() as session:
+        outcome = await race(
+            [FreeModel("stuck/a:free"), FreeModel("next/b:free")],
+            make=make,
+            width=1,
+            first_token_timeout=0.5,
+            hedge_after=lambda model: 0.0,
+            on_start=on_start,
+            on_failure=lambda failure: failures.append(f"{failure.model} {failure.kind}"),
+        )
+        outcome.winner.close()
+    assert outcome.winner.id == "next/b:free"
+    assert failures == ["stuck/a:free slow"]
+    assert closed_when_replaced == [True]
+    await asyncio.to_thread(upstream.wait_idle, 5)
+    assert upstream.sim.requests[0].outcome == "client_closed"
+
+
 async def test_a_race_cancelled_while_its_losers_settle_closes_its_winner(
     upstream: Upstream,
 ) -> None:

@@ -14,7 +14,7 @@ from litellm_freerouter import engine
 from litellm_freerouter.catalog import FreeModel
 from litellm_freerouter.config import Settings
 from litellm_freerouter.health import Health
-from litellm_freerouter.router import Router, conversation_key
+from litellm_freerouter.router import HEDGE_FLOOR, Router, conversation_key
 from litellm_freerouter.simulator import ModelScript
 
 from .conftest import Upstream, env_router, fast
@@ -185,6 +185,29 @@ def test_daily_quota_is_spent_and_then_held(upstream: Upstream) -> None:
         with pytest.raises(litellm.RateLimitError, match="10 USD"):
             ask(messages=held)
     assert [q for q in upstream.sim.requests if q.body["messages"] == held] == []
+
+
+def test_a_daily_quota_429_holds_calls_until_its_stated_reset(upstream: Upstream) -> None:
+    """The block lasts until X-RateLimit-Reset (epoch ms), here 5 hours away: not a fixed
+    guess, and not the next midnight."""
+    reset = time.time() + 5 * 3600
+    upstream.sim.set_models(
+        [
+            ModelScript(
+                "m/a:free",
+                status=429,
+                error_message="Rate limit exceeded: free-models-per-day",
+                error_metadata={"headers": {"X-RateLimit-Reset": f"{reset * 1000:.0f}"}},
+            )
+        ]
+    )
+    with pytest.raises(litellm.RateLimitError, match="free daily quota used"):
+        ask(race_width=1)
+    held = env_router().health.account_blocked_for()
+    assert reset - time.time() - 60 < held <= reset - time.time() + 1, held
+    with pytest.raises(litellm.RateLimitError, match="free daily quota used"):
+        ask(race_width=1)
+    assert len(upstream.sim.requests) == 1
 
 
 def test_hedged_racing_spends_about_one_request_per_answer(upstream: Upstream) -> None:
@@ -410,6 +433,15 @@ def test_failures_push_a_fast_model_down() -> None:
     for _ in range(6):
         r.health.record_failure("m/0:free")
     assert r.rank(MODELS, Settings(explore=0), None, 3)[0].id == "m/1:free"
+
+
+def test_a_hedge_never_starts_sooner_than_the_floor() -> None:
+    """However quick a model measures, the next contender waits at least HEDGE_FLOOR (50 ms):
+    a hedge fired at the first scheduling delay would be a race of two."""
+    r = make_router([0.0])
+    for _ in range(5):
+        r.health.record_first_token("m/0:free", 0.001)
+    assert r.hedge_after(MODELS[0], Settings(hedge_delay="auto")) == HEDGE_FLOOR == 0.05
 
 
 def test_recent_results_weigh_more() -> None:
