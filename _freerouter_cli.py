@@ -6,10 +6,16 @@ warnings and retries for seconds. So the default is set here, before anything im
 """
 
 import os
+import sys
 
 
 def main() -> None:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    from litellm_freerouter.cli import main as run
-
+    try:
+        # Importing litellm takes a second or more: a Ctrl-C may land here, before the
+        # command's own handler is in place. Nothing has started yet.
+        from litellm_freerouter.cli import main as run
+    except KeyboardInterrupt:
+        sys.stderr.write("freerouter: interrupted\n")
+        raise SystemExit(130) from None
     run()

@@ -86,6 +86,8 @@ class Output:
             self._console = Console(
                 file=stream,
                 force_terminal=True,
+                # fancy already weighed NO_COLOR against --color; rich would read it again.
+                no_color=False,
                 highlight=False,
                 soft_wrap=True,
                 emoji=False,

@@ -12,8 +12,10 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -558,6 +560,36 @@ def test_color_always_styles_piped_output(api: Upstream) -> None:
     result = invoke(["--color", "always", "models"])
     assert result.exit_code == 0
     assert ANSI in result.stdout
+
+
+def test_color_always_beats_no_color(api: Upstream) -> None:
+    """--color always colours even with NO_COLOR set (the option wins, as documented): not
+    just bold, but colours."""
+    api.sim.set_models(mixed_models())
+    result = invoke(["--color", "always", "doctor", "--no-probe"], env={"NO_COLOR": "1"})
+    assert "✓" in result.stdout
+    assert re.search(r"\x1b\[[0-9;]*3[0-7]m", result.stdout), result.stdout
+
+
+def test_ctrl_c_while_litellm_imports_exits_130_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Ctrl-C during the second or more that importing litellm takes, before the command's
+    own handler is in place, is still one line and status 130."""
+    import _freerouter_cli
+
+    class Interrupted(types.ModuleType):
+        def __getattr__(self, name: str) -> Any:
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "litellm_freerouter.cli", Interrupted("cli"))
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            _freerouter_cli.main()
+    except KeyboardInterrupt:  # escaping, it would end the whole test session
+        pytest.fail("the KeyboardInterrupt escaped the console script")
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err == "freerouter: interrupted\n"
 
 
 class _Terminal(io.StringIO):
