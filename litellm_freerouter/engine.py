@@ -22,6 +22,7 @@ import contextlib
 import os
 import queue
 import threading
+import time
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -278,12 +279,24 @@ async def _pump(
         async with contextlib.aclosing(make()) as items:
             async for item in items:
                 put((_ITEM, item))
+                if credit.produced == 0:
+                    # The first token is what the caller is waiting for: let it have it now.
+                    # Otherwise, with a burst already buffered, this task would first read
+                    # ahead up to HIGH_WATER items without giving the caller a turn.
+                    await _hand_over()
                 await credit.sent()
         put((_END, None))
     except asyncio.CancelledError:
         raise
     except BaseException as exc:
         put((_ERROR, exc))
+
+
+async def _hand_over() -> None:
+    """Give the loop a turn (an async caller on it takes the item just put) and the GIL a
+    chance (a sync caller in another thread takes it)."""
+    await asyncio.sleep(0)
+    time.sleep(0)  # noqa: ASYNC251  (zero: gives up the GIL, never blocks the loop)
 
 
 def stream_sync(
