@@ -754,6 +754,61 @@ def test_redis_killed_mid_run_falls_back_and_writes_back(
         health.close()
 
 
+class _Switchable(MemoryStore):
+    """A shared store that can be switched off (every call raises, as a killed Redis)."""
+
+    kind = "switchable"
+    shared = True
+    errors = (ConnectionError,)
+    down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise ConnectionError("switched off")
+
+    def load(self, now: float) -> Any:
+        self._check()
+        return super().load(now)
+
+    def update(self, *args: Any) -> Any:
+        self._check()
+        return super().update(*args)
+
+    def ping(self) -> None:
+        self._check()
+
+
+def test_quota_spent_while_the_store_was_away_is_not_lost_on_its_return(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Requests one process sent while the shared store was away are still counted once it is
+    back, though the store's own count (by the others) is of the same day: the count with
+    fewer requests left wins, not the one that happens to be there."""
+    import litellm_freerouter.state.resilient as resilient
+
+    monkeypatch.setattr(resilient, "RETRY_EVERY", 0.0)
+    shared = _Switchable()
+    one = Health(store=Resilient(shared))
+    other = Health(store=shared)
+    one.set_quota(1000, 100)
+    other.refresh()
+    assert other.quota_remaining() == 100
+    shared.down = True
+    for _ in range(5):
+        one.spend()  # counted here only
+    assert one.quota_remaining() == 95
+    shared.down = False
+    other.spend()  # the others carry on meanwhile: the store says 99
+    deadline = time.monotonic() + 10
+    while one.store.problem is not None and time.monotonic() < deadline:
+        one.refresh()
+        threading.Event().wait(0.01)  # the probe runs in its own thread
+    assert one.store.problem is None
+    other.refresh()
+    assert other.quota_remaining() == 95
+    one.close()
+
+
 def test_missing_redis_package_falls_back_to_the_file(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

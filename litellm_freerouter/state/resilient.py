@@ -5,8 +5,8 @@ stops answering (Redis killed, the SQLite file locked for too long or damaged), 
 logged and the mirror takes over: the cooldowns and limits known so far still hold, and new
 ones are kept locally.  A background probe asks the store again every few seconds, off the
 event loop; when it answers, every live entry known here is written back (the later expiry
-wins, so no cooldown is shortened, and a Redis restarted empty learns them again) and the
-store is used again.
+wins, so no cooldown is shortened, and a Redis restarted empty learns them again; of two
+counts of the day's quota, the one with fewer requests left) and the store is used again.
 """
 
 from __future__ import annotations
@@ -18,7 +18,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from .base import CachedCatalog, Change, Entry, Snapshot, StateStore, StateUnavailable
+from .base import (
+    ACCOUNT,
+    CachedCatalog,
+    Change,
+    Entry,
+    Snapshot,
+    StateStore,
+    StateUnavailable,
+)
 from .memory import MemoryStore
 
 log = logging.getLogger("litellm_freerouter")
@@ -123,7 +131,8 @@ class Resilient(StateStore):
         All of it, not only what changed meanwhile: a Redis that restarted has lost the rest.
         """
         for key, entry in self.local.load(now).items():
-            self.primary.update(*key, _later(entry), now)
+            merge = _fewer_left if key == (ACCOUNT, "quota") else _later
+            self.primary.update(*key, merge(entry), now)
         mine = self.local.load_catalog()
         if mine is not None:
             theirs = self.primary.load_catalog()
@@ -184,6 +193,31 @@ def _later(mine: Entry) -> Change:
         return mine if ours > theirs else old
 
     return change
+
+
+def _fewer_left(mine: Entry) -> Change:
+    """The day's quota: of two counts of the same day, the one with fewer requests left.
+
+    Both carry the same expiry (the reset, plus a day), so the later expiry would keep the
+    store's and drop what this process spent while it was away; the lower count keeps at
+    least the larger of the two spendings. A count of a later day wins over an earlier one.
+    """
+
+    def change(old: Entry | None) -> Entry | None:
+        if old is None:
+            return mine
+        if old.data.get("resets_at") != mine.data.get("resets_at"):
+            return _later(mine)(old)
+        return mine if _left(mine) < _left(old) else old
+
+    return change
+
+
+def _left(entry: Entry) -> float:
+    remaining = entry.data.get("remaining")
+    if isinstance(remaining, (int, float)) and not isinstance(remaining, bool):
+        return float(remaining)
+    return math.inf
 
 
 def _describe(exc: BaseException) -> str:
