@@ -96,6 +96,11 @@ class ModelScript:
     keepalives: int = 0
     keepalive_interval: float = 0.0
     first_token_delay: float = 0.0
+    # Hold the first token (after first_token_delay) until the simulator has recorded this
+    # many chat requests since the last set_models(), refused ones included: a test can make
+    # every contender of a race reach the simulator before any of them wins. The client
+    # leaving or the server shutting down ends the wait, as it ends a stall.
+    first_token_after_requests: int = 0
     role_chunk: bool = True
     reasoning: tuple[str, ...] = ()
     chunks: tuple[str, ...] = ("Hello", " from", " the", " simulator.")
@@ -424,7 +429,6 @@ class Simulator:
         time_scale: float = 1.0,
     ) -> None:
         self.models: dict[str, ModelScript] = {}
-        self.set_models(models)
         self.daily_quota = daily_quota
         self.quota_used = 0
         self.api_key = api_key
@@ -435,6 +439,7 @@ class Simulator:
         # script to play out): for tests whose upstream must answer requests differently.
         self.per_request: Callable[[ModelScript, dict[str, Any]], ModelScript] | None = None
         self.requests: list[RecordedRequest] = []
+        self._requests_before_models = 0
         self.models_fetches = 0
         self.open_streams = 0
         self.peak_open_streams = 0
@@ -442,9 +447,19 @@ class Simulator:
         # asyncio primitives belong to one loop; a simulator may outlive a test's loop.
         self._idle: asyncio.Event | None = None
         self._idle_loop: asyncio.AbstractEventLoop | None = None
+        # Set (and replaced) whenever a chat request is recorded; see _arrival_event.
+        self._arrival: asyncio.Event | None = None
+        self._arrival_loop: asyncio.AbstractEventLoop | None = None
+        self.set_models(models)
 
     def set_models(self, models: Sequence[ModelScript]) -> None:
         self.models = {script.id: script for script in models}
+        # ModelScript.first_token_after_requests counts from here.
+        self._requests_before_models = len(self.requests)
+
+    def requests_since_models(self) -> int:
+        """Chat requests recorded since the last :meth:`set_models` (or since creation)."""
+        return len(self.requests) - self._requests_before_models
 
     def calls_for(self, model_id: str) -> int:
         return sum(1 for rec in self.requests if rec.model == model_id)
@@ -457,6 +472,7 @@ class Simulator:
         app = web.Application()
         app[_CLOSING] = asyncio.Event()
         app.on_shutdown.append(_release_waiters)
+        app.on_shutdown.append(self._wake_on_shutdown)
         app.add_routes(
             [
                 web.get("/api/v1/models", self._models),
@@ -479,7 +495,40 @@ class Simulator:
                     f"{self.open_streams} chat stream(s) still open after {timeout} s"
                 ) from None
 
+    async def wait_requests(self, count: int, timeout: float = 5.0) -> None:
+        """Return once ``count`` chat requests have been recorded in all (``len(requests)``);
+        AssertionError after ``timeout``. Call it on the loop that serves the simulator."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self.requests) < count:
+            try:
+                await asyncio.wait_for(self._arrival_event().wait(), deadline - loop.time())
+            except asyncio.TimeoutError:
+                raise AssertionError(
+                    f"{len(self.requests)} of {count} chat request(s) recorded after {timeout} s"
+                ) from None
+
     # -- bookkeeping -------------------------------------------------------------------------
+
+    def _arrival_event(self) -> asyncio.Event:
+        """An event set by the next recorded chat request (a fresh one after each)."""
+        loop = asyncio.get_running_loop()
+        if self._arrival is None or self._arrival_loop is not loop:
+            self._arrival, self._arrival_loop = asyncio.Event(), loop
+        return self._arrival
+
+    def _request_recorded(self, rec: RecordedRequest) -> None:
+        self.requests.append(rec)
+        self._wake_arrival_waiters()
+
+    async def _wake_on_shutdown(self, app: web.Application) -> None:
+        self._wake_arrival_waiters()  # after _release_waiters: they find _CLOSING set
+
+    def _wake_arrival_waiters(self) -> None:
+        # Wake everyone waiting to re-check, and let the next request wake the next round.
+        arrival = self._arrival_event()
+        self._arrival = None
+        arrival.set()
 
     def _idle_event(self) -> asyncio.Event:
         loop = asyncio.get_running_loop()
@@ -514,6 +563,16 @@ class Simulator:
         except asyncio.TimeoutError:
             return
         raise _Abort("server_shutdown")
+
+    async def _hold_until_requests(self, request: web.Request, count: int) -> None:
+        """Wait until ``count`` chat requests have arrived since set_models; the client leaving
+        (handler cancelled) or the app shutting down ends the wait as it ends a stall."""
+        closing = request.app[_CLOSING]
+        while self.requests_since_models() < count:
+            if closing.is_set():
+                raise _Abort("server_shutdown")
+            # on_shutdown sets _CLOSING and then wakes this event too (see app()).
+            await self._arrival_event().wait()
 
     async def _stall(self, request: web.Request, rec: RecordedRequest) -> NoReturn:
         rec.outcome = "stalled"
@@ -578,7 +637,7 @@ class Simulator:
             authorized=self._authorized(request),
             started=started,
         )
-        self.requests.append(rec)
+        self._request_recorded(rec)
         self._stream_opened()
         resp: web.StreamResponse | None = None
         try:
@@ -672,6 +731,7 @@ class Simulator:
         # Keep-alives fill the wait for the first token rather than adding to it.
         waited = script.keepalives * script.keepalive_interval
         await self._pause(request, script.first_token_delay - waited)
+        await self._hold_until_requests(request, script.first_token_after_requests)
         if script.empty:
             return 0
         pieces = 0

@@ -463,6 +463,82 @@ async def test_drop_after_chunks_aborts_connection(aiohttp_client: AiohttpClient
     assert sim.closed_by_client == 0
 
 
+async def test_first_token_waits_for_the_other_requests(aiohttp_client: AiohttpClient) -> None:
+    """first_token_after_requests holds the first token until that many chat requests (this
+    one included) were recorded since set_models, so every contender of a race is counted."""
+    sim = Simulator(
+        [
+            ModelScript("acme/gated:free", chunks=("late",), first_token_after_requests=2),
+            ModelScript("acme/other:free", chunks=("other",)),
+        ]
+    )
+    client = await client_for(aiohttp_client, sim)
+    gated = asyncio.create_task(stream_text(client, "acme/gated:free"))
+    await sim.wait_requests(1)
+    # Nothing else would stop the gated answer, so it would be done well within this.
+    done, _ = await asyncio.wait({gated}, timeout=0.3)
+    assert not done and sim.requests[0].outcome == "pending"
+    assert '"content":"other"' in await stream_text(client, "acme/other:free")
+    assert '"content":"late"' in await gated
+    assert sim.requests[0].ended is not None and sim.requests[0].ended > sim.requests[1].started
+    # The count starts again at set_models: one request is not two.
+    sim.set_models(
+        [ModelScript("acme/gated:free", chunks=("again",), first_token_after_requests=2)]
+    )
+    again = asyncio.create_task(stream_text(client, "acme/gated:free"))
+    await sim.wait_requests(3)
+    done, _ = await asyncio.wait({again}, timeout=0.3)
+    assert not done
+    assert '"content":"again"' in await stream_text(client, "acme/gated:free")
+    assert '"content":"again"' in await again
+    await sim.wait_idle()
+
+
+async def test_a_held_first_token_ends_when_the_client_leaves(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    """A request held for others that never come ends when its client hangs up."""
+    sim = Simulator([ModelScript("acme/gated:free", first_token_after_requests=5)])
+    client = await client_for(aiohttp_client, sim)
+    resp = await client.post(CHAT, json=chat_body("acme/gated:free"))
+    assert b'"role":"assistant"' in await resp.content.readline()
+    resp.close()
+    await sim.wait_idle()
+    assert sim.closed_by_client == 1
+    assert [r.outcome for r in sim.requests] == ["client_closed"]
+
+
+def test_simulator_thread_stop_releases_a_held_first_token() -> None:
+    """Stopping the server ends a request still waiting for others, as it ends a stall."""
+    sim = Simulator([ModelScript("acme/gated:free", first_token_after_requests=5)])
+    thread = SimulatorThread(sim).start()
+
+    async def open_held_stream() -> bytes:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{thread.url}/chat/completions", json=chat_body("acme/gated:free")
+            ) as resp,
+        ):
+            first = await resp.content.readline()
+            thread.stop()
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+            return first
+
+    start = time.monotonic()
+    assert b'"role":"assistant"' in asyncio.run(open_held_stream())
+    assert time.monotonic() - start < 5.0
+    assert sim.open_streams == 0
+    assert sim.requests[0].outcome == "server_shutdown"
+
+
+async def test_wait_requests_fails_when_too_few_arrive() -> None:
+    sim = Simulator([])
+    with pytest.raises(AssertionError, match="0 of 1 chat request"):
+        await sim.wait_requests(1, timeout=0.05)
+
+
 async def test_time_scale_shrinks_delays(aiohttp_client: AiohttpClient) -> None:
     """Scripted delays are multiplied by time_scale."""
     sim = Simulator(
