@@ -101,7 +101,8 @@ def test_whole_answer_starts_afresh_without_the_broken_part(upstream: Upstream) 
 async def test_async_stream_is_carried_on(upstream: Upstream) -> None:
     upstream.sim.set_models(
         [
-            breaking("break/a:free", stall_after_chunks=4),
+            # Its first token waits for steady's request, so the loser is always counted.
+            breaking("break/a:free", stall_after_chunks=4, first_token_after_requests=2),
             ModelScript("steady/b:free", chunks=WORDS, first_token_delay=0.4),
         ]
     )
@@ -114,11 +115,16 @@ async def test_async_stream_is_carried_on(upstream: Upstream) -> None:
             text += chunk.choices[0].delta.content or ""
     assert text == ANSWER
     assert upstream.sim.calls_for("steady/b:free") == 2  # the cancelled loser, then the rest
+    assert last_body(upstream, "steady/b:free")["messages"][-1]["role"] == "assistant"
 
 
 def test_resume_zero_keeps_the_break_as_an_error(upstream: Upstream) -> None:
     upstream.sim.set_models(
-        [breaking("break/a:free", stall_after_chunks=3), fast("steady/b:free", delay=0.4)]
+        [
+            # Its first token waits for steady's request, so the loser is always counted.
+            breaking("break/a:free", stall_after_chunks=3, first_token_after_requests=2),
+            fast("steady/b:free", delay=0.4),
+        ]
     )
     with pytest.raises(litellm.Timeout, match="break/a:free"):
         stream_text(race_width=2, idle_timeout=0.3, resume=0)
@@ -248,7 +254,13 @@ def test_a_started_tool_call_is_never_carried_on(upstream: Upstream) -> None:
     call = {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Oslo"}'}
     upstream.sim.set_models(
         [
-            ModelScript("tools/a:free", chunks=(), tool_calls=(call,), drop_after_tool_calls=True),
+            ModelScript(
+                "tools/a:free",
+                chunks=(),
+                tool_calls=(call,),
+                drop_after_tool_calls=True,
+                first_token_after_requests=2,  # so the loser's request is always counted
+            ),
             ModelScript("tools/b:free", chunks=(), tool_calls=(call,), first_token_delay=0.4),
         ]
     )
