@@ -173,11 +173,19 @@ def test_daily_quota_is_spent_and_then_held(upstream: Upstream) -> None:
     upstream.sim.daily_quota = 3
     upstream.sim.set_models(
         [
-            fast(f"m/{i}:free", f"answer {i}", delay=0.05 * i, context_length=1000 + i)
+            # No first token before all three requests arrived: none is cancelled unsent.
+            fast(
+                f"m/{i}:free",
+                f"answer {i}",
+                delay=0.05 * i,
+                context_length=1000 + i,
+                first_token_after_requests=3,
+            )
             for i in range(3)
         ]
     )
     ask(race_width=3)  # spends 3
+    assert upstream.sim.quota_used == 3
     with pytest.raises(litellm.RateLimitError, match=r"free daily quota used; resets at 00:00 UTC"):
         ask(race_width=3)
     held = [{"role": "user", "content": "held back"}]
@@ -536,15 +544,13 @@ def test_the_race_narrows_to_stay_under_the_accounts_minute_limit(
     """OpenRouter allows so many free requests a minute per account, and a refused one still
     counts against the day: the race starts only as many contenders as fit in the minute (never
     fewer than one), and says so once."""
-    upstream.sim.set_models(
-        [
-            # Slow enough that every contender's request has reached the simulator before
-            # one wins (a loser cancelled while still connecting would never be recorded).
-            fast("a/a:free", "a", context_length=1000, delay=0.3),
-            fast("b/b:free", "b", context_length=2000, delay=0.5),
-            fast("c/c:free", "c", context_length=3000, delay=0.5),
-        ]
-    )
+    # No first token before three requests arrived since set_models: a loser cancelled while
+    # still connecting would never be recorded.
+    models = [
+        fast(m, m[0], context_length=1000 * (i + 1), first_token_after_requests=3)
+        for i, m in enumerate(["a/a:free", "b/b:free", "c/c:free"])
+    ]
+    upstream.sim.set_models(models)
     with caplog.at_level(logging.INFO, logger="litellm_freerouter"):
         started = []
         for _ in range(3):
@@ -553,6 +559,7 @@ def test_the_race_narrows_to_stay_under_the_accounts_minute_limit(
             started.append(len(upstream.sim.requests) - before)
     assert started == [3, 1, 1]
     assert caplog.text.count("free requests in the last minute (OpenRouter allows 4)") == 1
+    upstream.sim.set_models(models)  # three requests to wait for again
     before = len(upstream.sim.requests)
     ask(requests_per_minute=0, race_width=3)  # 0: no pacing
     assert len(upstream.sim.requests) - before == 3
