@@ -113,8 +113,15 @@ async def test_caller_timeout_cancels_the_race(served: tuple[Simulator, TestServ
     sim.set_models(
         [ModelScript(f"stall/{i}:free", stall_before_first_token=True) for i in range(3)]
     )
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(litellm.acompletion(model="freerouter/auto", messages=MESSAGES), 0.5)
+    call = asyncio.ensure_future(litellm.acompletion(model="freerouter/auto", messages=MESSAGES))
+    try:
+        # Time out only once all three are in flight, however long the catalogue took.
+        await sim.wait_requests(3)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(call, 0.1)
+        assert call.cancelled()
+    finally:
+        call.cancel()
     await sim.wait_idle(3)
     assert sim.closed_by_client == 3
     assert request_tasks() == []
@@ -145,8 +152,9 @@ async def test_cancelled_stream_consumer_closes_upstream(
     assert request_tasks() == []
 
 
-# The caller's own timeout, not first_token_timeout (30 s here), ends these calls.
-CALLERS_TIMEOUT = "caller's timeout of 0.5 s"
+# The caller's own timeout, not first_token_timeout (30 s here), ends these calls. A warm-up
+# call fetches the catalogue first, so the timeout need only cover the stalled model's POST.
+CALLERS_TIMEOUT = "caller's timeout of 2 s"
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
@@ -155,10 +163,12 @@ async def test_litellm_timeout_argument_bounds_the_wait(
 ) -> None:
     """litellm's timeout= turns a silent race into litellm.Timeout and closes everything."""
     sim, _ = served
+    sim.set_models([fast("stall/a:free", "warm")])
+    await litellm.acompletion(model="freerouter/auto", messages=MESSAGES)
     sim.set_models([ModelScript("stall/a:free", stall_before_first_token=True)])
     with pytest.raises(litellm.Timeout) as caught:
         response = await litellm.acompletion(
-            model="freerouter/auto", messages=MESSAGES, timeout=0.5, stream=stream
+            model="freerouter/auto", messages=MESSAGES, timeout=2, stream=stream
         )
         if stream:
             async for _ in response:
@@ -187,10 +197,12 @@ def test_breaking_out_of_sync_stream_closes_upstream(upstream: Upstream) -> None
 def test_sync_timeout_argument(upstream: Upstream, stream: bool) -> None:
     """A sync call with timeout= (aider passes one) raises litellm.Timeout and leaves
     nothing running."""
+    upstream.sim.set_models([fast("stall/a:free", "warm")])
+    litellm.completion(model="freerouter/auto", messages=MESSAGES)
     upstream.sim.set_models([ModelScript("stall/a:free", stall_before_first_token=True)])
     with pytest.raises(litellm.Timeout) as caught:
         response = litellm.completion(
-            model="freerouter/auto", messages=MESSAGES, timeout=0.5, stream=stream
+            model="freerouter/auto", messages=MESSAGES, timeout=2, stream=stream
         )
         if stream:
             for _ in response:
