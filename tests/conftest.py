@@ -88,6 +88,10 @@ class Upstream:
         thread = self._thread
         thread.call(lambda: self.sim.wait_idle(timeout))
 
+    def wait_requests(self, count: int, timeout: float = 5.0) -> None:
+        """Block until ``count`` chat requests were recorded (AssertionError otherwise)."""
+        self._thread.call(lambda: self.sim.wait_requests(count, timeout))
+
     _thread: SimulatorThread
 
 

@@ -678,19 +678,25 @@ def test_ctrl_c_cancels_the_race_and_exits_130(api: Upstream) -> None:
     )
     assert proc.stderr is not None
     seen = []
-    for line in proc.stderr:  # wait until the contender is in flight
+    for line in proc.stderr:  # wait until the contender is started...
         seen.append(line)
         if "start  s/stall:free" in line:
             break
+    try:
+        api.wait_requests(1, timeout=30)  # ...and its request has reached the simulator
+    except AssertionError:
+        proc.kill()
+        proc.communicate()
+        raise
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     err = "".join(seen) + err
     assert proc.returncode == 130
     assert err.rstrip().endswith("freerouter: interrupted")
     assert "Traceback" not in err and KEY not in out + err
-    api.wait_idle()  # no upstream stream is left open...
-    # ...and one that got through was closed by us (the interrupt may beat the request).
-    assert all(r.outcome == "client_closed" for r in api.sim.requests)
+    api.wait_idle()  # no upstream stream is left open (so its outcome is final)...
+    # ...and the stalled request was closed by us.
+    assert [r.outcome for r in api.sim.requests] == ["client_closed"]
 
 
 def test_state_show_and_clear(api: Upstream) -> None:
