@@ -127,25 +127,33 @@ class Contender:
                 )
             )
 
+    def _decoded(self) -> Delta | None:
+        """The next meaningful chunk among the events already read (no waiting); None when
+        they are used up, or the stream has ended (``_eof``)."""
+        while self._pending:
+            raw = self._pending.popleft()
+            if is_done(raw):
+                self._eof = self.finished_cleanly = True
+                self._pending.clear()
+                return None
+            delta = parse_data(raw)
+            if delta is None:
+                log.debug("%s: skipped an event that is not a chunk", self.id)
+                continue
+            if delta.error is not None:
+                raise UpstreamError(
+                    classify_error_chunk(delta.error, model=self.id, secret=self._secret)
+                )
+            if delta.is_token or delta.finish_reason or delta.usage:
+                return delta
+        return None
+
     async def _next_delta(self) -> Delta | None:
         """The next meaningful chunk; None at the end of the stream."""
         while True:
-            while self._pending:
-                raw = self._pending.popleft()
-                if is_done(raw):
-                    self._eof = self.finished_cleanly = True
-                    self._pending.clear()
-                    return None
-                delta = parse_data(raw)
-                if delta is None:
-                    log.debug("%s: skipped an event that is not a chunk", self.id)
-                    continue
-                if delta.error is not None:
-                    raise UpstreamError(
-                        classify_error_chunk(delta.error, model=self.id, secret=self._secret)
-                    )
-                if delta.is_token or delta.finish_reason or delta.usage:
-                    return delta
+            delta = self._decoded()
+            if delta is not None or self._eof:
+                return delta
             response = self._response
             if self._eof or response is None:
                 return None
@@ -166,6 +174,12 @@ class Contender:
             yield early
         loop = asyncio.get_running_loop()
         while True:
+            ready = self._decoded()  # read already: nothing to wait for, no timer to set
+            if ready is not None:
+                yield ready
+                continue
+            if self._eof and not self._pending:
+                return
             watchdog = _Watchdog(loop, self._idle_timeout, self.close)
             try:
                 delta = await self._next_delta()

@@ -26,14 +26,18 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[str]:
         """Add bytes; return the data of every event completed by them."""
-        self._buffer += chunk
+        buffer = self._buffer + chunk if self._buffer else chunk
         events: list[str] = []
+        start = 0
         while True:
-            cut = self._buffer.find(b"\n")
+            # Lines are cut from one buffer by index: slicing the rest off after each line
+            # would copy it once per line (quadratic in a large read of many small events).
+            cut = buffer.find(b"\n", start)
             if cut < 0:
                 break
-            raw, self._buffer = self._buffer[:cut], self._buffer[cut + 1 :]
-            self._line(raw.rstrip(b"\r"), events)
+            self._line(buffer[start:cut].rstrip(b"\r"), events)
+            start = cut + 1
+        self._buffer = buffer[start:]
         return events
 
     def flush(self) -> list[str]:
