@@ -10,7 +10,7 @@ from typing import Any
 import litellm
 import pytest
 
-from litellm_freerouter import engine
+from litellm_freerouter import engine, events
 from litellm_freerouter.catalog import FreeModel
 from litellm_freerouter.config import Settings
 from litellm_freerouter.health import Health
@@ -262,6 +262,40 @@ def test_freerouter_hedged_asks_one_model_while_auto_races(
     upstream.wait_idle()
     _call("freerouter/auto", stream)
     assert len(upstream.sim.requests) == 3
+
+
+def test_a_litellm_router_deployment_takes_its_tunables_from_litellm_params(
+    upstream: Upstream,
+) -> None:
+    """As the README shows: in a litellm.Router, freerouter/auto with race_width 2 in its
+    litellm_params races two of three models, and freerouter/hedged asks one."""
+    # A second before each first token: the hedged call's model, measured at about 1 s by the
+    # first call, is given over 2 s before a hedge.
+    upstream.sim.set_models(
+        [
+            fast("one/a:free", "one", delay=1.0, context_length=1000),
+            fast("two/b:free", "two", delay=1.0, context_length=2000),
+            fast("three/c:free", "three", delay=1.0, context_length=3000),
+        ]
+    )
+    router = litellm.Router(
+        model_list=[
+            {"model_name": "free", "litellm_params": {"model": "freerouter/auto", "race_width": 2}},
+            {"model_name": "hedged", "litellm_params": {"model": "freerouter/hedged"}},
+        ]
+    )
+    started: list[str] = []
+    unsubscribe = events.subscribe(
+        lambda e: started.append(e.model) if isinstance(e, events.ContenderStarted) else None
+    )
+    try:
+        router.completion(model="free", messages=MESSAGES)
+        assert len(started) == 2
+        upstream.wait_idle()
+        router.completion(model="hedged", messages=MESSAGES)
+        assert len(started) == 3
+    finally:
+        unsubscribe()
 
 
 def test_hedged_race_adds_a_contender_when_the_leader_is_late(upstream: Upstream) -> None:
