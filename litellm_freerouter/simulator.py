@@ -107,6 +107,10 @@ class ModelScript:
     chunk_delay: float = 0.0
     tool_calls: tuple[dict[str, Any], ...] = ()
     stall_before_first_token: bool = False
+    # Tests only: the first token (after first_token_delay) also waits until this is set, from
+    # any thread, so a test can order it after what it sees happen elsewhere (a failure the
+    # router reported) rather than after a guessed delay that a loaded machine can overrun.
+    hold_first_token: threading.Event | None = None
     stall_after_chunks: int | None = None
     error_chunk_after: int | None = None
     error_code: int | str = 502
@@ -574,6 +578,15 @@ class Simulator:
             # on_shutdown sets _CLOSING and then wakes this event too (see app()).
             await self._arrival_event().wait()
 
+    async def _held(self, request: web.Request, gate: threading.Event) -> None:
+        # The gate is set from another thread, so it is looked at every 5 ms; the client leaving
+        # cancels the wait, and the app shutting down ends it.
+        closing = request.app[_CLOSING]
+        while not gate.is_set():
+            if closing.is_set():
+                raise _Abort("server_shutdown")
+            await asyncio.sleep(0.005)
+
     async def _stall(self, request: web.Request, rec: RecordedRequest) -> NoReturn:
         rec.outcome = "stalled"
         # Only the client leaving (handler cancelled) or the app shutting down ends this.
@@ -732,6 +745,8 @@ class Simulator:
         waited = script.keepalives * script.keepalive_interval
         await self._pause(request, script.first_token_delay - waited)
         await self._hold_until_requests(request, script.first_token_after_requests)
+        if script.hold_first_token is not None:
+            await self._held(request, script.hold_first_token)
         if script.empty:
             return 0
         pieces = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -435,6 +436,25 @@ async def test_client_disconnect_during_stall_is_counted(aiohttp_client: Aiohttp
     assert sim.open_streams == 0
     assert sim.closed_by_client == 1
     assert sim.requests[0].outcome == "client_closed"
+
+
+async def test_held_first_token_waits_for_its_gate(aiohttp_client: AiohttpClient) -> None:
+    """hold_first_token keeps the first token back until the gate is set (from any thread);
+    the stream is open meanwhile, and the rest of the answer follows as scripted."""
+    gate = threading.Event()
+    sim = Simulator([ModelScript("acme/held:free", chunks=("Yo",), hold_first_token=gate)])
+    client = await client_for(aiohttp_client, sim)
+    async with client.post(CHAT, json=chat_body("acme/held:free")) as resp:
+        assert b'"role":"assistant"' in await resp.content.readline()
+        assert await resp.content.readline() == b"\n"
+        token = asyncio.ensure_future(resp.content.readline())
+        done, _ = await asyncio.wait([token], timeout=0.2)
+        assert not done and sim.open_streams == 1
+        threading.Thread(target=gate.set).start()
+        assert b'"content":"Yo"' in await token
+        rest = await resp.read()
+    assert rest.endswith(b"data: [DONE]\n\n")
+    assert sim.requests[0].outcome == "ok"
 
 
 async def test_stall_after_chunks_then_disconnect(aiohttp_client: AiohttpClient) -> None:
