@@ -9,6 +9,8 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -76,6 +78,24 @@ def cool_once_listed(model: str, seconds: float) -> Callable[[], None]:
             cool(model, seconds)
 
     return events.subscribe(on_event)
+
+
+@contextlib.contextmanager
+def released_on_failure(model: str) -> Iterator[threading.Event]:
+    """A gate for ``ModelScript.hold_first_token``, set once the router has reported that
+    ``model`` failed (its cooldown already recorded): a rival held on it sends its first token
+    only then, however late a loaded machine runs ``model``, and both are in flight at once."""
+    gate = threading.Event()
+
+    def on_event(event: events.Event) -> None:
+        if isinstance(event, events.ContenderFailed) and event.model == model:
+            gate.set()
+
+    stop = events.subscribe(on_event)
+    try:
+        yield gate
+    finally:
+        stop()
 
 
 @dataclass
