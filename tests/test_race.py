@@ -17,7 +17,7 @@ from litellm_freerouter.catalog import FreeModel
 from litellm_freerouter.race import Contender, race
 from litellm_freerouter.simulator import ModelScript
 
-from .conftest import KEY, Upstream, env_router, fast, request_tasks
+from .conftest import KEY, Upstream, env_router, fast, released_on_failure, request_tasks
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 
@@ -359,13 +359,15 @@ def test_failures_cool_the_model_for_their_setting(
     upstream.sim.set_models(
         [
             ModelScript("bad/a:free", context_length=1000, status=status, error_message=message),
-            fast("good/b:free", "ok", context_length=2000, delay=0.3),
+            fast("good/b:free", "ok", context_length=2000),
         ]
     )
     cooldowns = {"cooldown_rate_limit": 1000, "cooldown_rejected": 1000}
     cooldowns[setting] = 600
-    ask(**cooldowns)
-    ask(**cooldowns)
+    # One contender at a time: bad/a ranks first (neither is measured; the smaller context
+    # leads), so its failure is handled before good/b starts, however late it is run.
+    ask(race_width=1, **cooldowns)
+    ask(race_width=1, **cooldowns)
     assert upstream.sim.calls_for("bad/a:free") == 1
     assert upstream.sim.calls_for("good/b:free") == 2
 
@@ -385,7 +387,7 @@ def test_error_chunk_inside_200_counts_by_its_code(upstream: Upstream) -> None:
                 error_code=429,
                 error_message="Rate limit exceeded upstream",
             ),
-            fast("good/b:free", "fine", context_length=2000, delay=0.2),
+            fast("good/b:free", "fine", context_length=2000),
         ]
     )
     kinds: list[str] = []
@@ -393,12 +395,13 @@ def test_error_chunk_inside_200_counts_by_its_code(upstream: Upstream) -> None:
         lambda e: kinds.append(e.kind) if isinstance(e, events.ContenderFailed) else None
     )
     try:
-        text, _ = ask()
+        # One at a time, oops/a first (the smaller context): its failure is always met.
+        text, _ = ask(race_width=1)
     finally:
         stop()
     assert text == "fine"
     assert kinds == ["rate_limited"]  # a 429, not the 502 an error event without a code is
-    ask()
+    ask(race_width=1)
     assert upstream.sim.calls_for("oops/a:free") == 1
 
 
@@ -514,6 +517,8 @@ def test_empty_answer_loses(upstream: Upstream) -> None:
 
 def test_reasoning_counts_as_first_token_and_stays_separate(upstream: Upstream) -> None:
     """A reasoning delta wins the race; reasoning never appears in the answer text."""
+    # think/a's reasoning starts 1.45 s before plain/b answers, and its answer text comes
+    # 1.5 s after plain/b's: it wins only if reasoning counts, by seconds either way.
     upstream.sim.set_models(
         [
             ModelScript(
@@ -522,9 +527,9 @@ def test_reasoning_counts_as_first_token_and_stays_separate(upstream: Upstream) 
                 reasoning=("Let me", " think"),
                 first_token_delay=0.05,
                 chunks=("Answer", " here"),
-                chunk_delay=0.3,
+                chunk_delay=1.5,
             ),
-            fast("plain/b:free", "plain", context_length=2000, delay=0.2),
+            fast("plain/b:free", "plain", context_length=2000, delay=1.5),
         ]
     )
     text, chunks = ask()
@@ -598,18 +603,20 @@ def test_logs_tell_the_story_and_never_the_key(
 ) -> None:
     """The log has the race, the winner with its time, each cooldown; never the key."""
     caplog.set_level(logging.DEBUG, logger="litellm_freerouter")
-    upstream.sim.set_models(
-        [
-            ModelScript(
-                "rl/a:free",
-                context_length=1000,
-                status=429,
-                error_message="Provider returned error",
-            ),
-            fast("ok/b:free", "fine", context_length=2000, delay=0.1),
-        ]
-    )
-    ask()
+    # Both race; ok/b's first token waits until rl/a's failure is reported, however late.
+    with released_on_failure("rl/a:free") as gate:
+        upstream.sim.set_models(
+            [
+                ModelScript(
+                    "rl/a:free",
+                    context_length=1000,
+                    status=429,
+                    error_message="Provider returned error",
+                ),
+                fast("ok/b:free", "fine", context_length=2000, hold_first_token=gate),
+            ]
+        )
+        ask()
     text = caplog.text
     assert "racing rl/a:free, ok/b:free" in text
     assert "winner ok/b:free: first token in" in text
