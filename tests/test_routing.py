@@ -113,15 +113,30 @@ def test_context_error_benches_a_model_for_this_request_only(upstream: Upstream)
                 status=400,
                 error_message="This endpoint's maximum context length is 1000 tokens.",
             ),
-            fast("roomy/b:free", "fits", context_length=2000, delay=0.2),
+            fast("roomy/b:free", "fits", context_length=2000),
         ]
     )
-    assert ask().choices[0].message.content == "fits"
+    failed: list[tuple[str, str, str, float | None]] = []
+    stop = events.subscribe(
+        lambda e: (
+            failed.append((e.model, e.kind, e.scope, e.cooldown))
+            if isinstance(e, events.ContenderFailed)
+            else None
+        )
+    )
+    try:
+        # One contender at a time, tight/a first (the smaller context): its 400 is always met.
+        assert ask(race_width=1).choices[0].message.content == "fits"
+    finally:
+        stop()
+    assert failed == [("tight/a:free", "context", "request", None)]
+    assert upstream.sim.calls_for("tight/a:free") == 1
     assert env_router().health.cooling_for("tight/a:free") == 0
     upstream.sim.set_models(
         [
             fast("tight/a:free", "short ok", context_length=1000),
-            fast("roomy/b:free", "fits", context_length=2000, delay=0.5),
+            # Seconds behind: tight/a wins if it is raced at all, however late it runs.
+            fast("roomy/b:free", "fits", context_length=2000, delay=3.0),
         ]
     )
     assert ask().choices[0].message.content == "short ok"
@@ -138,10 +153,10 @@ def test_retry_after_longer_than_default_holds_the_model_out(upstream: Upstream)
                 error_message="Provider returned error",
                 error_headers={"Retry-After": "600"},
             ),
-            fast("ok/b:free", "ok", context_length=2000, delay=0.2),
+            fast("ok/b:free", "ok", context_length=2000),
         ]
     )
-    ask()
+    ask(race_width=1)  # one at a time, busy/a first (the smaller context): its 429 is met
     assert 590 < env_router().health.cooling_for("busy/a:free") <= 600
 
 
