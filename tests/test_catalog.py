@@ -243,11 +243,15 @@ def test_refresh_keeps_health(upstream: Upstream) -> None:
     upstream.sim.set_models(
         [
             ModelScript("bad/a:free", context_length=10, status=503),
-            fast("ok/b:free", "fine", context_length=20, delay=0.1),
+            fast("ok/b:free", "fine", context_length=20),
         ]
     )
-    litellm.completion(model="freerouter/auto", messages=[{"role": "user", "content": "x"}])
+    # One contender at a time, bad/a first (the smaller context): its 503 is always met.
+    litellm.completion(
+        model="freerouter/auto", messages=[{"role": "user", "content": "x"}], race_width=1
+    )
     router = env_router()
+    assert router.health.cooling_for("bad/a:free") > 0
     assert engine.get_engine().submit(router.catalog.refresh()).result(5) is True
     assert upstream.sim.models_fetches == 2
     assert router.health.cooling_for("bad/a:free") > 0
