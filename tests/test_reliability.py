@@ -40,6 +40,7 @@ from .conftest import (
     fast,
     in_use_connections,
     nothing_left_open,
+    released_on_failure,
     request_tasks,
 )
 
@@ -62,6 +63,10 @@ class Fault:
 # A stall before the first token is only classified when it is met alone: raced beside a
 # healthy model, it simply loses.
 ALONE = {"race_width": 1}
+# call()'s 1 s first-token timeout is there to end the stalls quickly. Where nothing stalls
+# before its first token, a longer one keeps a contender a loaded machine runs late from being
+# dropped as slow: it only bounds a hang.
+NO_STALL = {"first_token_timeout": 10.0}
 PER_DAY = {"headers": {"X-RateLimit-Reset": "4102444800000"}}
 FAULTS = [
     # Met alone: a contender already in flight beside them was accepted and may still answer
@@ -284,18 +289,25 @@ async def test_fault(
         script["error_message"] = f"{script.get('error_message') or 'it failed'} (key {KEY})"
     faulty = ModelScript("faulty/a:free", context_length=1000, **script)
     account_wide = fault.kind[1] == "account"
+    options = dict(fault.extra)
     if account_wide:
         healthy = ModelScript("healthy/b:free", stall_before_first_token=True, context_length=2000)
     else:
-        healthy = fast("healthy/b:free", "fallback answer", delay=0.25, context_length=2000)
+        healthy = fast("healthy/b:free", "fallback answer", context_length=2000)
+        # One contender at a time: the faulty model ranks first (neither is measured; the
+        # smaller context leads), so its failure is handled before the healthy one starts,
+        # however late a loaded machine runs it.
+        options.update(ALONE)
+    if not fault.script.get("stall_before_first_token"):
+        options.update(NO_STALL)
     upstream.sim.set_models([faulty] if fault.alone else [faulty, healthy])
     failures = failures_seen()
     try:
         if fault.error is None:
-            assert await call(mode, stream, **fault.extra) == "fallback answer"
+            assert await call(mode, stream, **options) == "fallback answer"
             assert upstream.sim.calls_for("faulty/a:free") == 1
         else:
-            error = await failure_of(mode, stream, fault.error, **fault.extra)
+            error = await failure_of(mode, stream, fault.error, **options)
             assert fault.says in str(error)
             assert KEY not in str(error)
     finally:
@@ -319,15 +331,19 @@ async def test_an_account_limit_lets_the_requests_in_flight_finish(
     accepted (and counted), so it still answers; no other is started, and the account is held
     for the next call, which sends nothing."""
     (fault,) = [f for f in FAULTS if f.name == limit]
-    faulty = ModelScript("faulty/a:free", context_length=1000, **fault.script)
-    healthy = fast("healthy/b:free", "fallback answer", delay=0.25, context_length=2000)
-    spare = fast("spare/c:free", "never asked", delay=0.25, context_length=3000)
-    upstream.sim.set_models([faulty, healthy, spare])
     failures = failures_seen()
-    try:
-        assert await call(mode, stream, race_width=2) == "fallback answer"
-    finally:
-        seen = failures.stop()
+    # Both in flight at once; healthy/b's first token waits until the limit was reported.
+    with released_on_failure("faulty/a:free") as gate:
+        faulty = ModelScript("faulty/a:free", context_length=1000, **fault.script)
+        healthy = fast(
+            "healthy/b:free", "fallback answer", context_length=2000, hold_first_token=gate
+        )
+        spare = fast("spare/c:free", "never asked", context_length=3000)
+        upstream.sim.set_models([faulty, healthy, spare])
+        try:
+            assert await call(mode, stream, race_width=2, **NO_STALL) == "fallback answer"
+        finally:
+            seen = failures.stop()
     assert seen == [("faulty/a:free", *fault.kind)]
     assert upstream.sim.calls_for("spare/c:free") == 0
     sent = len(upstream.sim.requests)
@@ -396,16 +412,19 @@ async def test_fault_after_token_is_carried_on(
 ) -> None:
     """With a healthy model beside it, an answer that breaks off after its first token still
     arrives whole, exactly once, and nothing is left open."""
-    faulty = ModelScript("faulty/a:free", context_length=1000, **fault.script)
-    healthy = ModelScript(
-        "healthy/b:free", chunks=("one", " two"), first_token_delay=0.25, context_length=2000
-    )
-    upstream.sim.set_models([faulty, healthy])
     failures = failures_seen()
-    try:
-        assert await call(mode, stream) == "one two"
-    finally:
-        seen = failures.stop()
+    # The healthy model races too, but its first token waits until the faulty one has won and
+    # broken off: however late the faulty one runs, it wins first.
+    with released_on_failure("faulty/a:free") as gate:
+        faulty = ModelScript("faulty/a:free", context_length=1000, **fault.script)
+        healthy = ModelScript(
+            "healthy/b:free", chunks=("one", " two"), hold_first_token=gate, context_length=2000
+        )
+        upstream.sim.set_models([faulty, healthy])
+        try:
+            assert await call(mode, stream, **NO_STALL) == "one two"
+        finally:
+            seen = failures.stop()
     assert upstream.sim.calls_for("faulty/a:free") == 1
     assert seen == [("faulty/a:free", *fault.kind)]
     await nothing_left_open(upstream)
