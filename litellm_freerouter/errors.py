@@ -116,15 +116,16 @@ class AllModelsFailed(FreeRouterError):
         shown = "; ".join(f.describe() for f in self.failures[:6])
         more = f"; and {len(self.failures) - 6} more" if len(self.failures) > 6 else ""
         why = (
-            f" (no more are tried for one request: FREEROUTER_MAX_ATTEMPTS is {cap})"
+            f" (no more are tried for one request: it may send {cap}, FREEROUTER_MAX_ATTEMPTS"
+            " or the race width if that is larger)"
             if cap is not None
             else ""
         )
         if not self.failures and cap is not None:
             # An answer carried on, or races the account's minute cut short, used them all.
             super().__init__(
-                f"this request has sent as many upstream requests as FREEROUTER_MAX_ATTEMPTS"
-                f" ({cap}) allows"
+                f"this request has sent the {cap} upstream requests it may send"
+                " (FREEROUTER_MAX_ATTEMPTS, or the race width if that is larger)"
             )
             return
         super().__init__(

@@ -628,11 +628,16 @@ class Router:
             self.health.spend()
             events.emit(events.ContenderStarted(request_id, contender.id, loop.time() - race_start))
 
+        minute_stop: Failure | None = None  # the account's minute cut a race of this short
         while True:
             left = cap - spent.attempts
             if left <= 0:
+                if minute_stop is not None and not failures:
+                    # Races the account's minute cut short used them all: that is the error
+                    # (a RateLimitError a caller may retry), not the cap.
+                    raise self._account_stop(minute_stop)
                 # Failed contenders, or earlier races of an answer carried on, used them all.
-                raise AllModelsFailed(failures, cap=settings.max_attempts)
+                raise AllModelsFailed(failures, cap=cap)
             limit = settings.requests_per_minute
             if failures and limit:
                 # Models already failed this request, and the account's minute is full: the
@@ -679,6 +684,7 @@ class Router:
                     raise self._account_stop(stop.failure) from None
                 # The account's minute is used up: the race's other contenders were cancelled,
                 # not failed, and may be asked again once the minute frees (if it does in time).
+                minute_stop = stop.failure
                 tried = set(spent.failed)
                 continue
             except AllFailed:

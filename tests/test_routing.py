@@ -700,14 +700,43 @@ def test_the_minute_frees_when_its_oldest_requests_leave_it() -> None:
 
 
 def test_a_request_sends_at_most_max_attempts_requests(upstream: Upstream) -> None:
-    """Ten models failing: one request stops after max_attempts (6 by default) upstream
+    """Fourteen models failing: one request stops after max_attempts (6 by default) upstream
     requests rather than spending a day's quota on the whole catalogue, and says why."""
     upstream.sim.set_models(
-        [ModelScript(f"down/{i}:free", context_length=1000 + i, status=503) for i in range(10)]
+        [ModelScript(f"down/{i}:free", context_length=1000 + i, status=503) for i in range(14)]
     )
-    with pytest.raises(litellm.ServiceUnavailableError, match="FREEROUTER_MAX_ATTEMPTS is 6"):
+    says = r"no more are tried for one request: it may send {}, FREEROUTER_MAX_ATTEMPTS"
+    with pytest.raises(litellm.ServiceUnavailableError, match=says.format(6)):
         ask(requests_per_minute=0)
     assert len(upstream.sim.requests) == 6
-    with pytest.raises(litellm.ServiceUnavailableError, match="FREEROUTER_MAX_ATTEMPTS is 2"):
+    with pytest.raises(litellm.ServiceUnavailableError, match=says.format(2)):
         ask(requests_per_minute=0, max_attempts=2, race_width=1)
     assert len(upstream.sim.requests) == 8
+    # The race width raises the cap: the message gives the cap that held.
+    with pytest.raises(litellm.ServiceUnavailableError, match=says.format(3)):
+        ask(requests_per_minute=0, max_attempts=1, race_width=3)
+    assert len(upstream.sim.requests) == 11
+
+
+def test_races_the_accounts_minute_cuts_short_end_in_its_rate_limit_error(
+    upstream: Upstream,
+) -> None:
+    """Every model answers the account's per-minute 429 (each race is cut short, none fails):
+    at max_attempts the caller gets that RateLimitError, which it may retry once the minute
+    frees, not a final 'all models failed'."""
+    upstream.sim.set_models(
+        [
+            ModelScript(
+                f"m/{i}:free",
+                context_length=1000 + i,
+                status=429,
+                error_message="Rate limit exceeded: free-models-per-min. ",
+                error_headers={"Retry-After": "0.3"},
+            )
+            for i in range(3)
+        ]
+    )
+    with pytest.raises(litellm.RateLimitError, match="rate limited for this account") as caught:
+        ask(wait_for_model=5)
+    assert not isinstance(caught.value, litellm.ServiceUnavailableError)
+    assert len(upstream.sim.requests) == 6
