@@ -173,6 +173,7 @@ class Contender:
         for early in buffered:
             yield early
         loop = asyncio.get_running_loop()
+        stalled = False  # the idle timer closed the stream (it may still have handed over data)
         while True:
             ready = self._decoded()  # read already: nothing to wait for, no timer to set
             if ready is not None:
@@ -180,6 +181,10 @@ class Contender:
                 continue
             if self._eof and not self._pending:
                 return
+            if stalled:
+                # The timer fired in the very turn a read returned: that data was delivered,
+                # but the stream is closed, and its end never came.
+                raise self._stalled()
             watchdog = _Watchdog(loop, self._idle_timeout, self.close)
             try:
                 delta = await self._next_delta()
@@ -189,8 +194,9 @@ class Contender:
                 raise
             finally:
                 watchdog.cancel()
+            stalled = watchdog.fired
             if delta is None:
-                if watchdog.fired:
+                if stalled:
                     raise self._stalled()
                 return
             yield delta

@@ -14,6 +14,7 @@ import pytest
 
 from litellm_freerouter import events
 from litellm_freerouter.catalog import FreeModel
+from litellm_freerouter.errors import StreamStalled
 from litellm_freerouter.race import Contender, race
 from litellm_freerouter.simulator import ModelScript
 
@@ -180,6 +181,66 @@ async def test_a_dropped_contender_is_closed_before_its_replacement_starts(
     assert closed_when_replaced == [True]
     await asyncio.to_thread(upstream.wait_idle, 5)
     assert upstream.sim.requests[0].outcome == "client_closed"
+
+
+class _ScriptedContent:
+    """A response body that hands over ``plan``'s (delay, bytes) reads in turn."""
+
+    def __init__(self, plan: list[tuple[float, bytes]]) -> None:
+        self.plan = plan
+
+    async def readany(self) -> bytes:
+        delay, data = self.plan.pop(0)
+        await asyncio.sleep(delay)
+        return data
+
+
+class _ScriptedResponse:
+    def __init__(self, plan: list[tuple[float, bytes]]) -> None:
+        self.content = _ScriptedContent(plan)
+
+    def close(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+def _event(text: str) -> bytes:
+    return b'data: {"choices":[{"delta":{"content":"%s"}}]}\n\n' % text.encode()
+
+
+async def test_a_read_that_lands_after_the_idle_timer_fired_still_ends_in_a_stall() -> None:
+    """The idle timer closes the stream while a read is under way, and the read returns data
+    anyway: that chunk is delivered, but the answer has not ended, so it is a stall (which
+    another model carries on), never an answer cut short that looks whole."""
+    idle = 0.2
+    contender = Contender(
+        FreeModel("m/a:free"),
+        session=None,  # type: ignore[arg-type]  # the response is set below
+        url="",
+        headers={},
+        body=b"",
+        started=0.0,
+        idle_timeout=idle,
+    )
+    # The second read is still under way when the idle timer runs out and closes the stream,
+    # and returns its data after all (as a read already in flight can).
+    contender._response = _ScriptedResponse(  # type: ignore[assignment]
+        [
+            (0, _event("one")),
+            (idle * 1.5, _event("two")),
+            (0, _event("three") + b"data: [DONE]\n\n"),
+        ]
+    )
+    first = await contender._next_delta()  # the first token, as until_first_token reads it
+    assert first is not None
+    contender._ready.append(first)
+    got = []
+    with pytest.raises(StreamStalled, match=r"sent nothing for 0\.2 s"):
+        async for delta in contender.deltas():
+            got.append(delta.content)
+    assert got == ["one", "two"]
 
 
 async def test_a_race_cancelled_while_its_losers_settle_closes_its_winner(
