@@ -310,27 +310,28 @@ class Health:
 
         self._update_stats(model, edit)
 
+    def _account_minute(self, now: float) -> list[float]:
+        """The send times in the account's last minute, oldest first: to any model, refused
+        ones included, by every process sharing the state (as of the last refresh and this
+        process's own since). Call with the lock held."""
+        return sorted(
+            t
+            for stats in self._models.values()
+            for t in (*stats.sent, *stats.refused)
+            if t > now - RPM_WINDOW
+        )
+
     def sent_last_minute(self) -> int:
-        """Upstream requests started in the last minute, to any model, by every process
-        sharing the state (as of the last refresh and this process's own since)."""
+        """Upstream requests started in the account's last minute."""
         with self._lock:
-            now = self.clock()
-            return sum(
-                _recent_count(stats.sent, now) + _recent_count(stats.refused, now)
-                for stats in self._models.values()
-            )
+            return len(self._account_minute(self.clock()))
 
     def minute_frees_in(self, limit: int) -> float:
-        """Seconds until fewer than ``limit`` requests (to any model, by every sharing
-        process) are in the last minute (0: now)."""
+        """Seconds until fewer than ``limit`` requests are in the account's last minute (0:
+        now)."""
         with self._lock:
             now = self.clock()
-            recent = sorted(
-                t
-                for stats in self._models.values()
-                for t in (*stats.sent, *stats.refused)
-                if t > now - RPM_WINDOW
-            )
+            recent = self._account_minute(now)
         return _frees_in(recent, limit, now)
 
     def refused(self, model: str, limit_rpm: int | None) -> None:
@@ -573,10 +574,6 @@ def _lognormal_quantile(times: list[float], q: float) -> float:
         TAIL_PRIOR_WEIGHT + len(logs) - 1
     )
     return math.exp(mean + NormalDist().inv_cdf(q) * math.sqrt(variance))
-
-
-def _recent_count(sent: deque[float], now: float) -> int:
-    return sum(1 for t in sent if t > now - RPM_WINDOW)
 
 
 def _numbers(raw: Any) -> list[float]:
