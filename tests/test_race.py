@@ -53,14 +53,13 @@ def test_fastest_first_token_wins_and_losers_are_closed(upstream: Upstream) -> N
     assert request_tasks() == []
 
 
-def _start_race(
+def _maker(
     session: aiohttp.ClientSession,
     upstream: Upstream,
-    models: list[str],
     kind: Callable[[str], type[Contender]],
-) -> asyncio.Future[Any]:
-    """``race()`` run as a task of its own among ``models``, all started at once, each a
-    contender of the class ``kind(model id)`` gives, against the fake OpenRouter."""
+) -> Callable[[FreeModel, float], Contender]:
+    """``race()``'s ``make``: a contender of the class ``kind(model id)`` gives, against the
+    fake OpenRouter."""
 
     def make(model: FreeModel, now: float) -> Contender:
         body = {"model": model.id, "messages": MESSAGES, "stream": True}
@@ -74,10 +73,21 @@ def _start_race(
             idle_timeout=None,
         )
 
+    return make
+
+
+def _start_race(
+    session: aiohttp.ClientSession,
+    upstream: Upstream,
+    models: list[str],
+    kind: Callable[[str], type[Contender]],
+) -> asyncio.Future[Any]:
+    """``race()`` run as a task of its own among ``models``, all started at once, each a
+    contender of the class ``kind(model id)`` gives, against the fake OpenRouter."""
     return asyncio.ensure_future(
         race(
             [FreeModel(m) for m in models],
-            make=make,
+            make=_maker(session, upstream, kind),
             width=len(models),
             first_token_timeout=None,
             hedge_after=lambda model: 0.0,
@@ -152,23 +162,11 @@ async def test_a_dropped_contender_is_closed_before_its_replacement_starts(
         if contender.id == "next/b:free":
             closed_when_replaced.append(connected["stuck/a:free"].closed)
 
-    def make(model: FreeModel, now: float) -> Contender:
-        body = {"model": model.id, "messages": MESSAGES, "stream": True}
-        return Watched(
-            model,
-            session=session,
-            url=f"{upstream.url}/chat/completions",
-            headers={"Authorization": f"Bearer {KEY}"},
-            body=json.dumps(body).encode(),
-            started=now,
-            idle_timeout=None,
-        )
-
     failures: list[str] = []
     async with aiohttp.ClientSession() as session:
         outcome = await race(
             [FreeModel("stuck/a:free"), FreeModel("next/b:free")],
-            make=make,
+            make=_maker(session, upstream, lambda model: Watched),
             width=1,
             first_token_timeout=0.5,
             hedge_after=lambda model: 0.0,

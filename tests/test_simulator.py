@@ -528,31 +528,6 @@ async def test_a_held_first_token_ends_when_the_client_leaves(
     assert [r.outcome for r in sim.requests] == ["client_closed"]
 
 
-def test_simulator_thread_stop_releases_a_held_first_token() -> None:
-    """Stopping the server ends a request still waiting for others, as it ends a stall."""
-    sim = Simulator([ModelScript("acme/gated:free", first_token_after_requests=5)])
-    thread = SimulatorThread(sim).start()
-
-    async def open_held_stream() -> bytes:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(
-                f"{thread.url}/chat/completions", json=chat_body("acme/gated:free")
-            ) as resp,
-        ):
-            first = await resp.content.readline()
-            thread.stop()
-            with pytest.raises(aiohttp.ClientPayloadError):
-                await resp.read()
-            return first
-
-    start = time.monotonic()
-    assert b'"role":"assistant"' in asyncio.run(open_held_stream())
-    assert time.monotonic() - start < 5.0
-    assert sim.open_streams == 0
-    assert sim.requests[0].outcome == "server_shutdown"
-
-
 async def test_wait_requests_fails_when_too_few_arrive() -> None:
     sim = Simulator([])
     with pytest.raises(AssertionError, match="0 of 1 chat request"):
@@ -599,17 +574,24 @@ async def test_simulator_thread_serves_plain_client() -> None:
     assert sim.open_streams == 0
 
 
-def test_simulator_thread_stop_releases_stalls() -> None:
-    """Stopping the thread ends a stalled stream at once instead of waiting for the client."""
-    sim = Simulator([ModelScript("acme/stuck:free", stall_before_first_token=True)])
+@pytest.mark.parametrize(
+    ("script", "outcome"),
+    [
+        (ModelScript("acme/stuck:free", stall_before_first_token=True), "stalled"),
+        (ModelScript("acme/stuck:free", first_token_after_requests=5), "server_shutdown"),
+    ],
+    ids=["stall", "held-first-token"],
+)
+def test_simulator_thread_stop_releases_stalls(script: ModelScript, outcome: str) -> None:
+    """Stopping the thread ends a stalled stream, or one whose first token waits for other
+    requests, at once instead of waiting for the client."""
+    sim = Simulator([script])
     thread = SimulatorThread(sim).start()
 
     async def open_stalled_stream() -> bytes:
         async with (
             aiohttp.ClientSession() as session,
-            session.post(
-                f"{thread.url}/chat/completions", json=chat_body("acme/stuck:free")
-            ) as resp,
+            session.post(f"{thread.url}/chat/completions", json=chat_body(script.id)) as resp,
         ):
             first = await resp.content.readline()
             thread.stop()
@@ -621,7 +603,7 @@ def test_simulator_thread_stop_releases_stalls() -> None:
     assert b'"role":"assistant"' in asyncio.run(open_stalled_stream())
     assert time.monotonic() - start < 5.0
     assert sim.open_streams == 0
-    assert sim.requests[0].outcome == "stalled"
+    assert sim.requests[0].outcome == outcome
 
 
 def test_demo_models_are_varied() -> None:
