@@ -64,6 +64,9 @@ class Settings:
     # (never fewer than race_width): a request every model fails stops there, not after
     # spending a day's quota on the whole catalogue.
     max_attempts: int = 6
+    # The caller's own HTTP headers for OpenRouter (litellm's ``extra_headers``), checked by
+    # the provider: sent with every upstream request, over freerouter's attribution headers.
+    extra_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if self.race_width < 1:
@@ -149,7 +152,9 @@ class Settings:
 
 
 TUNABLES: tuple[str, ...] = tuple(
-    f.name for f in dataclasses.fields(Settings) if f.name not in ("api_key", "api_base")
+    f.name
+    for f in dataclasses.fields(Settings)
+    if f.name not in ("api_key", "api_base", "extra_headers")
 )
 
 

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import re
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
@@ -95,8 +96,10 @@ def prepare(
     api_key: str | None,
     api_base: str | None,
     model: str = MODEL,
+    headers: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], Settings]:
-    """The upstream body and this request's settings (``model``: what follows freerouter/)."""
+    """The upstream body and this request's settings (``model``: what follows freerouter/;
+    ``headers``: the caller's ``extra_headers``, as litellm hands them over)."""
     if model not in (MODEL, HEDGED):
         from .errors import ConfigurationError
 
@@ -121,6 +124,9 @@ def prepare(
     settings = load_settings(overrides, api_key=api_key, api_base=api_base)
     if model == HEDGED and settings.hedge_delay == 0:
         settings = dataclasses.replace(settings, hedge_delay="auto")
+    caller_headers = _caller_headers(headers)
+    if caller_headers:
+        settings = dataclasses.replace(settings, extra_headers=caller_headers)
     if not isinstance(messages, list) or not messages:
         from .errors import ConfigurationError
 
@@ -140,6 +146,61 @@ def prepare(
         # keys below, a paid model could answer).
         raise ConfigurationError(where)
     return body, settings
+
+
+# Headers freerouter must set itself: the key (one per router, whose quota it counts) and how
+# the request is framed and answered.
+_OWN_HEADERS = frozenset(
+    {
+        "authorization",
+        "content-type",
+        "content-length",
+        "accept",
+        "host",
+        "transfer-encoding",
+        "connection",
+    }
+)
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _caller_headers(headers: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
+    """The caller's headers to send upstream, checked: a header aiohttp cannot send would fail
+    every model of the race as if OpenRouter were unreachable. Values never go into an error:
+    a header may hold a secret."""
+    from .errors import ConfigurationError
+
+    if not headers:
+        return ()
+    if not isinstance(headers, Mapping):
+        raise ConfigurationError(
+            f"extra_headers must map header names to strings, got {type(headers).__name__}"
+        )
+    checked: list[tuple[str, str]] = []
+    for name, value in headers.items():
+        if value is None:  # the OpenAI client's way of leaving a header out
+            continue
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise ConfigurationError(f"extra_headers: {name!r} is not an HTTP header name")
+        if name.lower() in _OWN_HEADERS:
+            where = (
+                "the key goes in api_key or OPENROUTER_API_KEY"
+                if name.lower() == "authorization"
+                else "it streams JSON from OpenRouter"
+            )
+            raise ConfigurationError(
+                f"extra_headers cannot set {name}: freerouter sets it itself ({where})"
+            )
+        if not isinstance(value, str):
+            raise ConfigurationError(
+                f"extra_headers[{name!r}] must be a string, got {type(value).__name__}"
+            )
+        if any(not ch.isprintable() for ch in value):
+            raise ConfigurationError(
+                f"extra_headers[{name!r}] holds a line break or control character"
+            )
+        checked.append((name, value))
+    return tuple(checked)
 
 
 # OpenRouter request keys that could reach past the free model freerouter picked: `models`
@@ -371,6 +432,7 @@ class FreeRouterLLM(CustomLLM):
                 api_key=api_key,
                 api_base=api_base,
                 model=model,
+                headers=headers,
             )
             answer = engine.call_sync(
                 lambda: _router(settings).complete(body, settings), timeout=_seconds(timeout)
@@ -406,6 +468,7 @@ class FreeRouterLLM(CustomLLM):
                 api_key=api_key,
                 api_base=api_base,
                 model=model,
+                headers=headers,
             )
             answer = await _with_timeout(
                 _router(settings).complete(body, settings), _seconds(timeout)
@@ -435,7 +498,14 @@ class FreeRouterLLM(CustomLLM):
     ) -> Iterator[GenericStreamingChunk]:
         return ChunkStream(
             _sync_chunks(
-                model, messages, optional_params, litellm_params, api_key, api_base, timeout
+                model,
+                messages,
+                optional_params,
+                litellm_params,
+                api_key,
+                api_base,
+                timeout,
+                headers,
             )
         )
 
@@ -461,7 +531,14 @@ class FreeRouterLLM(CustomLLM):
         # litellm iterates what this returns without awaiting it: an async iterator object.
         return AsyncChunkStream(
             _async_chunks(
-                model, messages, optional_params, litellm_params, api_key, api_base, timeout
+                model,
+                messages,
+                optional_params,
+                litellm_params,
+                api_key,
+                api_base,
+                timeout,
+                headers,
             )
         )
 
@@ -474,6 +551,7 @@ def _sync_chunks(
     api_key: str | None,
     api_base: str | None,
     timeout: Any,
+    headers: Mapping[str, Any] | None,
 ) -> Iterator[GenericStreamingChunk]:
     try:
         body, settings = prepare(
@@ -483,6 +561,7 @@ def _sync_chunks(
             api_key=api_key,
             api_base=api_base,
             model=model,
+            headers=headers,
         )
         yield from engine.stream_sync(
             lambda: _generic_chunks(body, settings),
@@ -501,6 +580,7 @@ async def _async_chunks(
     api_key: str | None,
     api_base: str | None,
     timeout: Any,
+    headers: Mapping[str, Any] | None,
 ) -> AsyncIterator[GenericStreamingChunk]:
     try:
         body, settings = prepare(
@@ -510,6 +590,7 @@ async def _async_chunks(
             api_key=api_key,
             api_base=api_base,
             model=model,
+            headers=headers,
         )
         stream = engine.stream_local(
             lambda: _generic_chunks(body, settings), consumer_timeout=settings.idle_timeout

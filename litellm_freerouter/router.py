@@ -20,7 +20,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -106,6 +106,34 @@ def cooldown_for(failure: Failure, settings: Settings) -> float | None:
         "stalled": settings.cooldown_slow,
     }.get(failure.kind, settings.cooldown_rate_limit)
     return max(base, failure.retry_after or 0.0)
+
+
+def upstream_headers(api_key: str, extra: Iterable[tuple[str, str]] = ()) -> dict[str, str]:
+    """The headers of a chat request: freerouter's attribution, under the caller's own headers
+    (a title the caller sets stands for both of OpenRouter's names for it), then the framing
+    and key, which only freerouter sets."""
+    extra = list(extra)
+    titles = [value for name, value in extra if name.lower() in _TITLES]
+    headers = {
+        "HTTP-Referer": APP_URL,
+        "X-OpenRouter-Title": titles[-1] if titles else APP_TITLE,
+        "X-Title": titles[-1] if titles else APP_TITLE,
+    }
+    for name, value in extra:
+        for known in [k for k in headers if k.lower() == name.lower()]:
+            del headers[known]
+        headers[name] = value
+    headers.update(
+        {
+            "Authorization": f"Bearer {api_key}",
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+        }
+    )
+    return headers
+
+
+_TITLES = frozenset({"x-title", "x-openrouter-title"})
 
 
 class Router:
@@ -582,14 +610,7 @@ class Router:
         failures: list[Failure] = []  # of the models that failed this race, in order
         refused: list[Failure] = []  # refused outright (400/422) by a model, this request
         conversation = conversation_key(body.get("messages") or [])
-        headers = {
-            "Authorization": f"Bearer {api_key}",
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream",
-            "HTTP-Referer": APP_URL,
-            "X-OpenRouter-Title": APP_TITLE,
-            "X-Title": APP_TITLE,
-        }
+        headers = upstream_headers(api_key, settings.extra_headers)
         url = f"{self.api_base}/chat/completions"
         session = self._session()
 

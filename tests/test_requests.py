@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from types import SimpleNamespace
@@ -101,6 +102,91 @@ def test_extra_body_is_merged(mocked: Any) -> None:
     )
     body, _ = sent(mocked)
     assert body["reasoning"] == {"effort": "low"}
+
+
+def call(path: str, **kwargs: Any) -> None:
+    """litellm.completion or acompletion, streamed or whole (``path``: sync-whole ...
+    async-streamed), drained."""
+
+    async def drain_async() -> None:
+        response = await litellm.acompletion(stream=path.endswith("streamed"), **kwargs)
+        if path.endswith("streamed"):
+            async for _ in response:
+                pass
+
+    if path.startswith("async"):
+        asyncio.run(drain_async())
+        return
+    response = litellm.completion(stream=path.endswith("streamed"), **kwargs)
+    if path.endswith("streamed"):
+        for _ in response:
+            pass
+
+
+PATHS = ["sync-whole", "sync-streamed", "async-whole", "async-streamed"]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_extra_headers_reach_openrouter_and_a_title_replaces_freerouters(
+    mocked: Any, path: str
+) -> None:
+    """The caller's extra_headers go with the request; a title set under either of
+    OpenRouter's names stands for both (else OpenRouter would credit freerouter); the key and
+    framing stay freerouter's."""
+    mocked.post(f"{BASE}/chat/completions", body=sse("ok"), content_type="text/event-stream")
+    call(
+        path,
+        model="freerouter/auto",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-title": "My App", "X-Trace": "42", "X-Unset": None},
+    )
+    _, headers = sent(mocked)
+    assert headers["x-title"] == "My App" and headers["X-OpenRouter-Title"] == "My App"
+    assert "X-Title" not in headers  # one title header per name, not the caller's and ours
+    assert headers["X-Trace"] == "42"
+    assert "X-Unset" not in headers
+    assert headers["Authorization"] == f"Bearer {KEY}"
+    assert headers["Accept"] == "text/event-stream"
+    assert headers["HTTP-Referer"].startswith("https://")
+
+
+def test_extra_headers_in_a_routers_litellm_params_reach_openrouter(mocked: Any) -> None:
+    """The proxy's way: extra_headers in a model entry's litellm_params (litellm.Router, which
+    the proxy runs) reach OpenRouter like a caller's."""
+    mocked.post(f"{BASE}/chat/completions", body=sse("ok"), content_type="text/event-stream")
+    entry = {"model": "freerouter/auto", "extra_headers": {"X-Title": "Team proxy"}}
+    router = litellm.Router(model_list=[{"model_name": "free", "litellm_params": entry}])
+    router.completion(model="free", messages=[{"role": "user", "content": "hi"}])
+    _, headers = sent(mocked)
+    assert headers["X-Title"] == headers["X-OpenRouter-Title"] == "Team proxy"
+
+
+@pytest.mark.parametrize(
+    ("extra_headers", "says"),
+    [
+        ({"Authorization": f"Bearer {KEY}"}, "cannot set Authorization: .* OPENROUTER_API_KEY"),
+        ({"content-type": "text/plain"}, "cannot set content-type: freerouter sets it itself"),
+        ({"X-Bad Name": "1"}, "'X-Bad Name' is not an HTTP header name"),
+        ({"X-Count": 3}, r"extra_headers\['X-Count'\] must be a string, got int"),
+        ({"X-Secret": f"{KEY}\r\nX-Injected: 1"}, "holds a line break or control character"),
+    ],
+)
+@pytest.mark.parametrize("path", PATHS)
+def test_extra_headers_aiohttp_could_not_send_are_refused_without_their_values(
+    mocked: Any, extra_headers: dict[str, Any], says: str, path: str
+) -> None:
+    """A header freerouter must set, or one no HTTP client can send, is a BadRequestError
+    before anything is sent (sent, it would fail every model as if OpenRouter were down); the
+    message never repeats a value, which may be a secret."""
+    with pytest.raises(litellm.BadRequestError, match=says) as caught:
+        call(
+            path,
+            model="freerouter/auto",
+            messages=[{"role": "user", "content": "x"}],
+            extra_headers=extra_headers,
+        )
+    assert KEY not in str(caught.value)
+    assert posts(mocked) == 0
 
 
 @pytest.mark.parametrize(
