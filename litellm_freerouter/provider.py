@@ -10,7 +10,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 from litellm.llms.custom_llm import CustomLLM
@@ -498,14 +498,17 @@ class FreeRouterLLM(CustomLLM):
     ) -> Iterator[GenericStreamingChunk]:
         return ChunkStream(
             _sync_chunks(
-                model,
-                messages,
-                optional_params,
-                litellm_params,
-                api_key,
-                api_base,
+                functools.partial(
+                    prepare,
+                    messages,
+                    optional_params,
+                    litellm_params,
+                    api_key=api_key,
+                    api_base=api_base,
+                    model=model,
+                    headers=headers,
+                ),
                 timeout,
-                headers,
             )
         )
 
@@ -531,38 +534,26 @@ class FreeRouterLLM(CustomLLM):
         # litellm iterates what this returns without awaiting it: an async iterator object.
         return AsyncChunkStream(
             _async_chunks(
-                model,
-                messages,
-                optional_params,
-                litellm_params,
-                api_key,
-                api_base,
+                functools.partial(
+                    prepare,
+                    messages,
+                    optional_params,
+                    litellm_params,
+                    api_key=api_key,
+                    api_base=api_base,
+                    model=model,
+                    headers=headers,
+                ),
                 timeout,
-                headers,
             )
         )
 
 
 def _sync_chunks(
-    model: str,
-    messages: Any,
-    optional_params: Any,
-    litellm_params: Any,
-    api_key: str | None,
-    api_base: str | None,
-    timeout: Any,
-    headers: Mapping[str, Any] | None,
+    prepared: Callable[[], tuple[dict[str, Any], Settings]], timeout: Any
 ) -> Iterator[GenericStreamingChunk]:
     try:
-        body, settings = prepare(
-            messages,
-            optional_params,
-            litellm_params,
-            api_key=api_key,
-            api_base=api_base,
-            model=model,
-            headers=headers,
-        )
+        body, settings = prepared()
         yield from engine.stream_sync(
             lambda: _generic_chunks(body, settings),
             first_item_timeout=_seconds(timeout),
@@ -573,25 +564,10 @@ def _sync_chunks(
 
 
 async def _async_chunks(
-    model: str,
-    messages: Any,
-    optional_params: Any,
-    litellm_params: Any,
-    api_key: str | None,
-    api_base: str | None,
-    timeout: Any,
-    headers: Mapping[str, Any] | None,
+    prepared: Callable[[], tuple[dict[str, Any], Settings]], timeout: Any
 ) -> AsyncIterator[GenericStreamingChunk]:
     try:
-        body, settings = prepare(
-            messages,
-            optional_params,
-            litellm_params,
-            api_key=api_key,
-            api_base=api_base,
-            model=model,
-            headers=headers,
-        )
+        body, settings = prepared()
         stream = engine.stream_local(
             lambda: _generic_chunks(body, settings), consumer_timeout=settings.idle_timeout
         )
