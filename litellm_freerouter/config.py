@@ -119,8 +119,11 @@ class Settings:
             )
         if not 0 <= self.explore <= 1:
             raise ConfigurationError("explore must be between 0 and 1", setting="explore")
-        if not self.api_base.startswith(("http://", "https://")):
-            raise ConfigurationError(f"api_base must be an http(s) URL, got {self.api_base!r}")
+        if not isinstance(self.api_key, (str, type(None))):
+            raise ConfigurationError(f"api_key must be a string, got {type(self.api_key).__name__}")
+        wrong = api_base_problem(self.api_base)
+        if wrong is not None:
+            raise ConfigurationError(wrong)
 
     @property
     def base(self) -> str:
@@ -131,7 +134,7 @@ class Settings:
         """A stable, non-reversible name for the key, for keying account state."""
         if not self.api_key:
             return "anonymous"
-        return hashlib.sha256(self.api_key.encode()).hexdigest()[:16]
+        return hashlib.sha256(self.api_key.encode(errors="surrogatepass")).hexdigest()[:16]
 
     def require_key(self) -> str:
         if not self.api_key:
@@ -144,6 +147,13 @@ class Settings:
             raise MalformedKeyError(
                 "The OpenRouter API key has a space or control character inside it (pasted with"
                 " another line?): check OPENROUTER_API_KEY or api_key=..."
+            )
+        if not self.api_key.isascii():
+            # OpenRouter's keys are ASCII: sent, it would be refused by every model at once.
+            raise MalformedKeyError(
+                "The OpenRouter API key has a character outside ASCII inside it (a typographic"
+                " quote or dash, pasted from a document?): check OPENROUTER_API_KEY or"
+                " api_key=..."
             )
         return self.api_key
 
@@ -231,6 +241,38 @@ def _settings(
         _stripped(api_base) or _stripped(env.get("OPENROUTER_API_BASE")) or DEFAULT_API_BASE
     )
     return Settings(**values)
+
+
+def api_base_problem(url: Any) -> str | None:
+    """What is wrong with ``url`` as OpenRouter's API root (where /models and
+    /chat/completions are found), if anything; a password in it is never repeated."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(url, str):
+        return f"api_base must be a URL, got {type(url).__name__}"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        parts = None
+    if parts is not None and (parts.username is not None or parts.password is not None):
+        return (
+            "api_base must not hold a user name or password: the key goes in api_key or"
+            " OPENROUTER_API_KEY"
+        )
+    shown = repr(url)
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"api_base must be an http(s) URL, like {DEFAULT_API_BASE}, got {shown}"
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        return f"api_base holds a blank or control character: {shown}"
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        return f"api_base must not have a query or fragment: {shown}"
+    if parts.path.rstrip("/").endswith(("/chat/completions", "/models")):
+        return (
+            f"api_base is the API root, like {DEFAULT_API_BASE}, not an endpoint under it:"
+            f" got {shown}"
+        )
+    return None
 
 
 def _stripped(value: str | None) -> str | None:

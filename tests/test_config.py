@@ -151,3 +151,46 @@ def test_api_base_must_be_a_url() -> None:
     """A typo in the endpoint is caught with the value shown."""
     with pytest.raises(ConfigurationError, match="api_base must be an http"):
         load_settings(api_base="openrouter.ai/api/v1", environ={})
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://", "api_base must be an http.s. URL"),
+        ("ftp://openrouter.ai/api/v1", "api_base must be an http.s. URL"),
+        ("http://exa mple.com/api/v1", "holds a blank or control character"),
+        ("http://a/api/v1?x=1", "must not have a query or fragment"),
+        ("http://a/api/v1#top", "must not have a query or fragment"),
+        ("https://openrouter.ai/api/v1/chat/completions", "the API root, like https://openr"),
+        ("https://openrouter.ai/api/v1/models/", "the API root"),
+        ("http://a:port/api/v1", "api_base must be an http.s. URL"),
+    ],
+)
+def test_an_api_base_that_cannot_be_the_api_root_is_refused_up_front(url: str, says: str) -> None:
+    """Sent, each of these failed as an outage (every model cooled, a retryable 503); now a
+    ConfigurationError (a BadRequestError to the caller) names what is wrong."""
+    with pytest.raises(ConfigurationError, match=says):
+        load_settings(api_base=url, environ={})
+
+
+def test_an_api_base_with_a_password_is_refused_without_repeating_it() -> None:
+    """aiohttp cannot send a URL's credentials with the Authorization header (every request
+    failed locally, as a network error), and errors would print the password."""
+    for source in ({"api_base": "http://user:hunter2@a/api/v1"}, {}):
+        env = {} if source else {"OPENROUTER_API_BASE": "http://user:hunter2@a/api/v1"}
+        with pytest.raises(ConfigurationError, match="must not hold a user name or password"):
+            load_settings(environ=env, **source)
+        try:
+            load_settings(environ=env, **source)
+        except ConfigurationError as exc:
+            assert "hunter2" not in str(exc)
+
+
+def test_a_key_that_is_not_ascii_or_not_a_string_is_refused_before_sending() -> None:
+    """A key with a typographic dash would be refused by every contender at once; one that is
+    not a string failed with an AttributeError."""
+    with pytest.raises(MissingKeyError, match="outside ASCII") as info:
+        Settings(api_key="sk-or-v1-abc\u2013def").require_key()
+    assert "abc" not in str(info.value)
+    with pytest.raises(ConfigurationError, match="api_key must be a string, got int"):
+        load_settings(api_key=5, environ={})  # type: ignore[arg-type]
