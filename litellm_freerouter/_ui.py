@@ -41,6 +41,7 @@ KINDS: Mapping[str, str] = {
     "rejected": "rejected the request",
     "unsupported": "cannot serve this request",
     "context": "prompt too long for it",
+    "too_large": "request too large",
     "moderation": "moderated",
     "privacy": "blocked by the account's privacy settings",
     "auth": "API key rejected",

@@ -135,12 +135,20 @@ class AllModelsFailed(FreeRouterError):
 
 
 class RequestRejected(FreeRouterError):
-    """Two models refused this request outright (400/422): most likely the request itself is
-    at fault, and trying every other model would only spend the quota."""
+    """Two models refused this request outright (400/422), or one said it is too large (413,
+    431): most likely the request itself is at fault, and trying every other model would only
+    spend the quota."""
 
     def __init__(self, failures: Sequence[Failure]) -> None:
         self.failures = tuple(failures)
         shown = "; ".join(f.describe() for f in self.failures)
+        if any(f.kind == "too_large" for f in self.failures):
+            super().__init__(
+                f"the request is too large for OpenRouter: {shown}. It would be as large for"
+                " every model, so no other was asked: shorten the prompt or attachments"
+                " (images as URLs), or the extra_headers"
+            )
+            return
         super().__init__(
             f"{len(self.failures)} free models refused this request: {shown}. The request itself"
             " is likely at fault (a parameter or tool schema they do not accept), so no other"
@@ -296,7 +304,10 @@ def classify(
         return failure("gone", "model")
     if status == 403:
         return failure("moderation", "request")
-    if status in (400, 413, 422):
+    if status in (413, 431):
+        # Too large for OpenRouter (the body, or the headers): as large for every model.
+        return failure("too_large", "request")
+    if status in (400, 422):
         if _CONTEXT.search(text):
             return failure("context", "request")
         if raw and raw not in message:
@@ -400,7 +411,7 @@ def to_litellm(exc: BaseException, *, model: str = "auto") -> Exception:
             return final.RateLimitError(message=str(exc), llm_provider=provider, model=model)
         if kinds and kinds <= {"slow", "stalled"}:
             return final.Timeout(message=str(exc), model=model, llm_provider=provider)
-        if kinds and kinds <= {"unsupported", "rejected", "moderation", "context"}:
+        if kinds and kinds <= {"unsupported", "rejected", "moderation", "context", "too_large"}:
             return litellm.BadRequestError(message=str(exc), model=model, llm_provider=provider)
         return final.ServiceUnavailableError(
             message=str(exc), llm_provider=provider, model=model, response=response(503)
@@ -433,7 +444,7 @@ def _failure_to_litellm(failure: Failure, message: str, model: str, response: An
         return litellm.ContextWindowExceededError(
             message=message, model=model, llm_provider=provider
         )
-    if kind in ("rejected", "unsupported", "moderation"):
+    if kind in ("rejected", "unsupported", "moderation", "too_large"):
         return litellm.BadRequestError(message=message, model=model, llm_provider=provider)
     if kind in ("slow", "stalled"):
         return litellm.Timeout(message=message, model=model, llm_provider=provider)

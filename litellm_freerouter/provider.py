@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import functools
 import math
-import re
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
@@ -16,7 +15,7 @@ from typing import Any
 from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk, ModelResponse
 
-from . import engine, state
+from . import checks, engine, state
 from ._aio import wait_for
 from .catalog import cached_models
 from .config import TUNABLES, Settings, load_settings
@@ -124,7 +123,7 @@ def prepare(
     settings = load_settings(overrides, api_key=api_key, api_base=api_base)
     if model == HEDGED and settings.hedge_delay == 0:
         settings = dataclasses.replace(settings, hedge_delay="auto")
-    caller_headers = _caller_headers(headers)
+    caller_headers = checks.caller_headers(headers)
     if caller_headers:
         settings = dataclasses.replace(settings, extra_headers=caller_headers)
     if not isinstance(messages, list) or not messages:
@@ -136,117 +135,22 @@ def prepare(
         if name not in _NOT_UPSTREAM and value is not None:
             body[name] = value
     extra = optional_params.get("extra_body")
-    if isinstance(extra, Mapping):
+    where = checks.extra_body_problem(extra)
+    if where is None and isinstance(extra, Mapping):
         body.update({k: v for k, v in extra.items() if k not in ("model", "stream")})
-    where = _non_finite(body) or _refused(body)
+    for name in ("tools", "functions"):
+        if body.get(name) == []:  # what litellm makes of some tools it cannot read
+            del body[name]
+    if body.get("tool_choice") in ("auto", "none") and not body.get("tools"):
+        del body["tool_choice"]
+    where = where or checks.body_problem(body)
     if where is not None:
         from .errors import ConfigurationError
 
-        # Sent, every model would answer 400 and cool down for it (or, for the OpenRouter
-        # keys below, a paid model could answer).
+        # Sent, every model would answer 400 and cool down for it (or, through OpenRouter's
+        # fallbacks, presets and server tools, a paid model could answer).
         raise ConfigurationError(where)
     return body, settings
-
-
-# Headers freerouter must set itself: the key (one per router, whose quota it counts) and how
-# the request is framed and answered.
-_OWN_HEADERS = frozenset(
-    {
-        "authorization",
-        "content-type",
-        "content-length",
-        "accept",
-        "host",
-        "transfer-encoding",
-        "connection",
-    }
-)
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-
-
-def _caller_headers(headers: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
-    """The caller's headers to send upstream, checked: a header aiohttp cannot send would fail
-    every model of the race as if OpenRouter were unreachable. Values never go into an error:
-    a header may hold a secret."""
-    from .errors import ConfigurationError
-
-    if not headers:
-        return ()
-    if not isinstance(headers, Mapping):
-        raise ConfigurationError(
-            f"extra_headers must map header names to strings, got {type(headers).__name__}"
-        )
-    checked: list[tuple[str, str]] = []
-    for name, value in headers.items():
-        if value is None:  # the OpenAI client's way of leaving a header out
-            continue
-        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
-            raise ConfigurationError(f"extra_headers: {name!r} is not an HTTP header name")
-        if name.lower() in _OWN_HEADERS:
-            where = (
-                "the key goes in api_key or OPENROUTER_API_KEY"
-                if name.lower() == "authorization"
-                else "it streams JSON from OpenRouter"
-            )
-            raise ConfigurationError(
-                f"extra_headers cannot set {name}: freerouter sets it itself ({where})"
-            )
-        if not isinstance(value, str):
-            raise ConfigurationError(
-                f"extra_headers[{name!r}] must be a string, got {type(value).__name__}"
-            )
-        if any(not ch.isprintable() for ch in value):
-            raise ConfigurationError(
-                f"extra_headers[{name!r}] holds a line break or control character"
-            )
-        checked.append((name, value))
-    return tuple(checked)
-
-
-# OpenRouter request keys that could reach past the free model freerouter picked: `models`
-# (with `route`) are fallbacks tried on any error, and may be paid; web search plugins are
-# billed per result.
-_PAID_PATHS = ("models", "route", "plugins", "web_search_options")
-
-
-def _refused(body: Mapping[str, Any]) -> str | None:
-    """What is wrong with a request freerouter must not send as it is, if anything."""
-    paid = [key for key in _PAID_PATHS if body.get(key) is not None]
-    if paid:
-        return (
-            f"{', '.join(paid)} cannot be sent through freerouter: OpenRouter would"
-            " reach past the free model it picked (fallback models may be paid, web search"
-            " is billed); freerouter itself falls back among free models"
-        )
-    n = body.get("n")
-    if n is not None and n != 1:
-        return f"n must be 1: freerouter returns one answer per request, got n={n!r}"
-    if body.get("logprobs") or body.get("top_logprobs"):
-        return "logprobs are not supported by freerouter: its answers never carry them"
-    for name in ("max_tokens", "max_completion_tokens"):
-        value = body.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 1:
-            return f"{name} must be a number of tokens, at least 1, got {value!r}"
-    return None
-
-
-def _non_finite(value: Any, path: str = "") -> str | None:
-    """What is wrong where a request body holds a NaN or an infinite number, if it does."""
-    if isinstance(value, float):
-        return None if math.isfinite(value) else f"{path} must be a finite number, got {value}"
-    if isinstance(value, Mapping):
-        items: Any = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
-    elif isinstance(value, (list, tuple)):
-        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
-    else:
-        return None
-    for where, inner in items:
-        found = _non_finite(inner, where)
-        if found is not None:
-            return found
-    return None
 
 
 _routers_lock = threading.Lock()
@@ -671,7 +575,18 @@ def _tag_wrapper_chunks() -> None:
 
 def _seconds(timeout: Any) -> float | None:
     """litellm's ``timeout`` (a number, or an httpx.Timeout) as seconds to a first answer."""
-    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
+    if isinstance(timeout, str):
+        try:
+            timeout = float(timeout)
+        except ValueError:
+            pass
+    if isinstance(timeout, (bool, str)) or (
+        isinstance(timeout, (int, float)) and not (timeout > 0 and math.isfinite(timeout))
+    ):
+        from .errors import ConfigurationError
+
+        raise ConfigurationError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if isinstance(timeout, (int, float)):
         return float(timeout)
     read = getattr(timeout, "read", None)
     if isinstance(read, (int, float)) and read > 0:

@@ -21,6 +21,7 @@ class Requirements:
     tools: bool = False
     images: bool = False
     audio: bool = False
+    files: bool = False
     structured_output: bool = False
     json_schema: bool = False  # structured output to a schema, not only JSON mode
     prompt_tokens: int = 0
@@ -31,8 +32,9 @@ class Requirements:
 
         Checked in this order, the first unmet need is the answer: tool use (``tools`` among the
         model's supported parameters), image input (``image`` among its input modalities),
-        audio input (``audio`` among them), structured output (``structured_outputs``
-        supported for a JSON schema; it or ``response_format`` for JSON mode), a context
+        audio input (``audio`` among them), file input (``file`` among them), structured
+        output (``structured_outputs`` supported for a JSON schema; it or ``response_format``
+        for JSON mode), a context
         window holding the prompt plus the answer's room, and an output limit holding the
         answer's room. A model whose supported parameters are unknown (an empty list) is given
         the benefit of the doubt for tools and structured output; an unknown context length or
@@ -45,6 +47,10 @@ class Requirements:
             return "image input"
         if self.audio and "audio" not in model.input_modalities:
             return "audio input"
+        if self.files and "file" not in model.input_modalities:
+            # Not for a model that reads files itself, OpenRouter parses them, and the parser
+            # it picks may be billed (its OCR engine): only models that read them natively.
+            return "file input"
         if self.structured_output and params:
             offered = {"structured_outputs"} if self.json_schema else _JSON_MODE
             if not offered & params:
@@ -129,6 +135,7 @@ def requirements_of(body: Mapping[str, Any]) -> Requirements:
     - tool use: ``tools`` (or the older ``functions``) present and not empty;
     - image input: an ``image_url``, ``input_image`` or ``image`` part in a message's content;
     - audio input: an ``input_audio`` part;
+    - file input (a PDF): a ``file`` or ``input_file`` part;
     - structured output: a ``response_format`` of type ``json_object`` or ``json_schema``
       (``text`` needs nothing);
     - the prompt's size, estimated generously by :func:`estimate_tokens`;
@@ -148,6 +155,7 @@ def requirements_of(body: Mapping[str, Any]) -> Requirements:
         tools=bool(body.get("tools")) or bool(body.get("functions")),
         images=any(_has_image(content) for content in contents),
         audio=any(_has_part(content, ("input_audio",)) for content in contents),
+        files=any(_has_part(content, ("file", "input_file")) for content in contents),
         structured_output=form in ("json_schema", "json_object"),
         json_schema=form == "json_schema",
         prompt_tokens=estimate_tokens(messages, body.get("tools")),

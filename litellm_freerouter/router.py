@@ -632,6 +632,8 @@ class Router:
                 if failure.model:
                     spent.failed.add(failure.model)
             self._handle_failure(failure, settings, request_id)
+            if failure.kind == "too_large":
+                raise RequestRejected([failure])
             if failure.kind == "rejected" and failure.status in (400, 422):
                 refused.append(failure)
                 if len(refused) >= 2:

@@ -117,6 +117,8 @@ def what_is_missing(body: dict[str, Any], model: FreeModel) -> str | None:
         return "image input"
     if parts_of_type(body, ("input_audio",)) and "audio" not in model.input_modalities:
         return "audio input"
+    if parts_of_type(body, ("file", "input_file")) and "file" not in model.input_modalities:
+        return "file input"
     form = needs_structure(body)
     offered = (
         {"structured_outputs"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
@@ -104,6 +105,20 @@ def test_extra_body_is_merged(mocked: Any) -> None:
     assert body["reasoning"] == {"effort": "low"}
 
 
+def test_an_empty_tool_list_is_left_out_with_its_tool_choice(mocked: Any) -> None:
+    """litellm turns tools it cannot read into []; some providers refuse an empty list, and
+    tool_choice without tools, so neither is sent (the request asks for no tool use)."""
+    mocked.post(f"{BASE}/chat/completions", body=sse("ok"), content_type="text/event-stream")
+    litellm.completion(
+        model="freerouter/auto",
+        messages=[{"role": "user", "content": "hi"}],
+        tools=[],
+        tool_choice="auto",
+    )
+    body, _ = sent(mocked)
+    assert "tools" not in body and "tool_choice" not in body
+
+
 def call(path: str, **kwargs: Any) -> None:
     """litellm.completion or acompletion, streamed or whole (``path``: sync-whole ...
     async-streamed), drained."""
@@ -166,9 +181,13 @@ def test_extra_headers_in_a_routers_litellm_params_reach_openrouter(mocked: Any)
     [
         ({"Authorization": f"Bearer {KEY}"}, "cannot set Authorization: .* OPENROUTER_API_KEY"),
         ({"content-type": "text/plain"}, "cannot set content-type: freerouter sets it itself"),
+        ({"Proxy-Authorization": "Basic x"}, "cannot set Proxy-Authorization"),
         ({"X-Bad Name": "1"}, "'X-Bad Name' is not an HTTP header name"),
         ({"X-Count": 3}, r"extra_headers\['X-Count'\] must be a string, got int"),
-        ({"X-Secret": f"{KEY}\r\nX-Injected: 1"}, "holds a line break or control character"),
+        ({"X-Secret": f"{KEY}\r\nX-Injected: 1"}, "holds a line break, control or non-ASCII"),
+        ({"X-Name": "Zoë"}, "holds a line break, control or non-ASCII"),
+        ({"Accept-Encoding": "br"}, "cannot set Accept-Encoding: freerouter sets it itself"),
+        ({"X-Big": "x" * 9000}, "extra_headers take 9009 bytes; freerouter sends at most 8192"),
     ],
 )
 @pytest.mark.parametrize("path", PATHS)
@@ -277,6 +296,9 @@ def test_invalid_tunable_is_a_clear_bad_request(mocked: Any) -> None:
         )
 
 
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+
+
 def posts(m: Any) -> int:
     return sum(
         len(calls)
@@ -294,8 +316,44 @@ def posts(m: Any) -> int:
         ({"web_search_options": {"search_context_size": "low"}}, "web_search_options"),
         ({"n": 2}, "n must be 1"),
         ({"logprobs": True, "top_logprobs": 2}, "logprobs are not supported"),
-        ({"max_tokens": 0}, "max_tokens must be a number of tokens, at least 1, got 0"),
-        ({"max_tokens": -5}, "max_tokens must be a number of tokens, at least 1, got -5"),
+        ({"max_tokens": 0}, "max_tokens must be a whole number of tokens, at least 1, got 0"),
+        ({"max_tokens": -5}, "max_tokens must be a whole number of tokens, at least 1, got -5"),
+        ({"max_tokens": 1.5}, "max_tokens must be a whole number of tokens, at least 1, got 1.5"),
+        ({"n": True}, "n must be 1"),
+        ({"n": 1.0}, "n must be 1"),
+        # OpenRouter's server tools (they call other models, or are billed) and presets.
+        (
+            {"tools": [{"type": "openrouter:advisor", "parameters": {"model": "x/paid"}}]},
+            "tools.0. is of type 'openrouter:advisor': only function tools .* billed",
+        ),
+        ({"extra_body": {"tools": [{"type": "openrouter:web_search"}]}}, "only function tools"),
+        ({"extra_body": {"preset": "free-then-paid"}}, "preset cannot be sent through freerouter"),
+        (
+            {"tools": TOOLS, "extra_body": {"tool_choice": {"type": "openrouter:web_search"}}},
+            "tool_choice of type 'openrouter:web_search' cannot be sent",
+        ),
+        # What every model would refuse alike: each would spend a request and cool down.
+        ({"tool_choice": "required"}, "tool_choice is required, but no tools were given"),
+        (
+            {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "g"}}},
+            "tool_choice names the function 'g', which is not among the tools",
+        ),
+        ({"tools": [{"type": "function", "function": {}}]}, r"tools\[0\].function.name"),
+        ({"temperature": "hot"}, "temperature must be a number from 0 to 2, got 'hot'"),
+        ({"top_p": 2}, "top_p must be a number from 0 to 1, got 2"),
+        ({"seed": "abc"}, "seed must be a whole number, got 'abc'"),
+        ({"stop": 5}, "stop must be a string or a list of strings, got 5"),
+        ({"response_format": {"type": "bogus"}}, "response_format.type must be text, json_o"),
+        ({"response_format": {"type": "json_schema"}}, "needs a json_schema object"),
+        ({"extra_body": ["reasoning"]}, "extra_body must be a dict .*, got list"),
+        ({"extra_body": {"messages": []}}, "extra_body cannot hold messages"),
+        ({"extra_body": {"race_width": 10}}, "race_width in extra_body would go to OpenRouter"),
+        ({"messages": [{"role": "bogus", "content": "x"}]}, r"messages\[0\].role must be one of"),
+        ({"messages": [{"role": "user", "content": "hi \ud800"}]}, "cannot be sent as JSON"),
+        ({"temperature": Decimal("0.5")}, "temperature must be a number"),
+        ({"logit_bias": {"1": Decimal("1")}}, "cannot be sent as JSON"),
+        ({"timeout": -1}, "timeout must be a positive number of seconds, got -1"),
+        ({"timeout": float("nan")}, "timeout must be a positive number of seconds, got nan"),
     ],
 )
 def test_a_request_that_would_reach_past_free_or_lose_something_is_refused(
@@ -303,10 +361,9 @@ def test_a_request_that_would_reach_past_free_or_lose_something_is_refused(
 ) -> None:
     """OpenRouter's own fallbacks (maybe paid), billed web search, more than one answer,
     logprobs nobody returns, a token limit below 1: a clear BadRequestError, nothing sent."""
+    extra.setdefault("messages", [{"role": "user", "content": "x"}])
     with pytest.raises(litellm.BadRequestError, match=says):
-        litellm.completion(
-            model="freerouter/auto", messages=[{"role": "user", "content": "x"}], **extra
-        )
+        litellm.completion(model="freerouter/auto", **extra)
     assert posts(mocked) == 0
 
 

@@ -69,6 +69,52 @@ def test_images_go_only_to_vision_models(upstream: Upstream) -> None:
     assert upstream.sim.called_models() == ["eyes/b:free"]
 
 
+def test_a_pdf_goes_only_to_models_that_read_files_themselves(upstream: Upstream) -> None:
+    """For a model that cannot read a file, OpenRouter parses it, maybe with its billed OCR
+    engine: a file part races only models with file input, and none is a clear error."""
+    upstream.sim.set_models(
+        [
+            fast("text/a:free", "blind", context_length=1000),
+            fast("docs/b:free", "read it", delay=0.2, input_modalities=("text", "file")),
+        ]
+    )
+    pdf = {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}
+    document = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "sum up"}, {"type": "file", "file": pdf}],
+        }
+    ]
+    assert ask(messages=document).choices[0].message.content == "read it"
+    assert upstream.sim.called_models() == ["docs/b:free"]
+
+
+def test_a_pdf_no_model_reads_itself_is_refused_unsent(upstream: Upstream) -> None:
+    upstream.sim.set_models([fast("text/a:free", "blind")])
+    document = [{"role": "user", "content": [{"type": "file", "file": {"file_id": "f-1"}}]}]
+    with pytest.raises(litellm.BadRequestError, match="it needs file input"):
+        ask(messages=document)
+    assert upstream.sim.requests == []
+
+
+def test_a_request_too_large_for_openrouter_asks_no_other_model(upstream: Upstream) -> None:
+    """A 413 (or 431) says the request is too large for OpenRouter, so for every model: it
+    ends at once as a BadRequestError, spends one request, and cools nobody."""
+    upstream.sim.set_models(
+        [
+            ModelScript(
+                "big/a:free", context_length=1000, status=413, error_message="Payload Too Large"
+            ),
+            fast("next/b:free", "x", context_length=2000),
+            fast("third/c:free", "x", context_length=3000),
+        ]
+    )
+    with pytest.raises(litellm.BadRequestError, match=r"too large for OpenRouter.*no other"):
+        ask(race_width=1)
+    assert upstream.sim.called_models() == ["big/a:free"]
+    assert env_router().health.cooling_for("big/a:free") == 0
+
+
 def test_long_prompt_skips_small_context_windows(upstream: Upstream) -> None:
     """A prompt larger than a model's context window is never sent to it."""
     upstream.sim.set_models(
@@ -651,7 +697,7 @@ def test_the_race_is_never_wider_than_the_requests_left() -> None:
 
 
 def test_a_request_two_models_refuse_fails_without_asking_the_rest(upstream: Upstream) -> None:
-    """A request every model would refuse (here a temperature they do not take) is not walked
+    """A request every model would refuse (here a reasoning effort they do not know) is not walked
     through the whole catalogue, one day's request each, benching every model for everyone:
     after two refusals it fails with the provider's own words, and no model stays cooled."""
     upstream.sim.set_models(
@@ -661,14 +707,14 @@ def test_a_request_two_models_refuse_fails_without_asking_the_rest(upstream: Ups
                 context_length=1000 + i,
                 status=400,
                 error_message="Provider returned error",
-                error_metadata={"raw": "temperature must be at most 2"},
+                error_metadata={"raw": "reasoning.effort must be low, medium or high"},
             )
             for i in range(4)
         ]
     )
     with pytest.raises(litellm.BadRequestError, match="2 free models refused this request") as info:
-        ask(race_width=1, temperature=5)
-    assert "temperature must be at most 2" in str(info.value)
+        ask(race_width=1, reasoning={"effort": "extreme"})
+    assert "reasoning.effort must be low, medium or high" in str(info.value)
     assert len(upstream.sim.requests) == 2
     health = env_router().health
     assert [health.cooling_for(f"m/{i}:free") for i in range(4)] == [0, 0, 0, 0]
