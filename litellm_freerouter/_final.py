@@ -16,7 +16,7 @@ class RateLimitError(exceptions.RateLimitError):
 
 
 class ServiceUnavailableError(exceptions.ServiceUnavailableError):
-    """Every model tried for the request failed."""
+    """Every model tried for the request failed, or every one is cooling down past the wait."""
 
 
 class Timeout(exceptions.Timeout):

@@ -130,6 +130,11 @@ class Engine:
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
         self._closers.append(closer)
 
+    def forget_closer(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Undo :meth:`on_close` for ``closer`` (closed already, or by someone else)."""
+        with contextlib.suppress(ValueError):
+            self._closers.remove(closer)
+
     async def _aclose(self) -> None:
         for closer in reversed(self._closers):
             try:

@@ -105,7 +105,12 @@ class NoModelAvailable(FreeRouterError):
 
 
 class NoCapableModel(FreeRouterError):
-    """No free model supports what this request needs (tools, images, size...)."""
+    """No free model supports what this request needs (tools, images, size...);
+    ``context_only``: what none has is a context window large enough."""
+
+    def __init__(self, message: str, *, context_only: bool = False) -> None:
+        super().__init__(message)
+        self.context_only = context_only
 
 
 class AllModelsFailed(FreeRouterError):
@@ -389,9 +394,20 @@ def to_litellm(exc: BaseException, *, model: str = "auto") -> Exception:
         return litellm.AuthenticationError(message=str(exc), llm_provider=provider, model=model)
     if isinstance(exc, ConfigurationError):
         return litellm.BadRequestError(message=str(exc), model=model, llm_provider=provider)
+    if isinstance(exc, NoCapableModel) and exc.context_only:
+        # aider (and a proxy's context_window_fallbacks) act on this class: /drop, /clear.
+        return litellm.ContextWindowExceededError(
+            message=str(exc), model=model, llm_provider=provider
+        )
     if isinstance(exc, (NoCapableModel, RequestRejected)):
         return litellm.BadRequestError(message=str(exc), model=model, llm_provider=provider)
-    if isinstance(exc, (NoModelAvailable, CatalogUnavailable)):
+    if isinstance(exc, NoModelAvailable):
+        from . import _final as final  # a retry now finds them cooling still, or later spends
+
+        return final.ServiceUnavailableError(
+            message=str(exc), llm_provider=provider, model=model, response=response(503)
+        )
+    if isinstance(exc, CatalogUnavailable):
         return litellm.ServiceUnavailableError(
             message=str(exc), llm_provider=provider, model=model, response=response(503)
         )

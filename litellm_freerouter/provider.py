@@ -154,18 +154,40 @@ def prepare(
 
 
 _routers_lock = threading.Lock()
+# Routers (one per endpoint and key, each with its state store and refresh task) kept at once:
+# beyond this many, the least recently used idle one is closed (its state is in the store). A
+# proxy's clients may each send a key of their own.
+MAX_ROUTERS = 32
+_leases: dict[int, int] = {}  # id(router): requests using it now
 
 
-def _router(settings: Settings) -> Router:
+@contextlib.contextmanager
+def _leased(settings: Settings) -> Iterator[Router]:
+    """The router for ``settings``, not closed while this request uses it."""
+    router = _router(settings, lease=True)
+    try:
+        yield router
+    finally:
+        with _routers_lock:
+            left = _leases.pop(id(router), 1) - 1
+            if left:
+                _leases[id(router)] = left
+
+
+def _router(settings: Settings, *, lease: bool = False) -> Router:
     """The router for this endpoint and key, shared by every thread and loop of the process;
     its home, where its catalogue is fetched and refreshed, is the engine's loop."""
     eng = engine.get_engine()
     key = (settings.base, settings.key_id)
     with _routers_lock:
         routers: dict[tuple[str, str], Router] = eng.state.setdefault("routers", {})
-        router = routers.get(key)
+        router = routers.pop(key, None)
         if router is not None:
+            routers[key] = router  # the most recently used, last
+            if lease:
+                _leases[id(router)] = _leases.get(id(router), 0) + 1
             return router
+        _evict(eng, routers)
         store = state.open_store(settings)
         router = routers[key] = Router(
             settings.base,
@@ -180,7 +202,28 @@ def _router(settings: Settings) -> Router:
             if models:
                 router.preload_catalog(models, cached.fetched_at)
         eng.on_close(router.aclose)
+        if lease:
+            _leases[id(router)] = _leases.get(id(router), 0) + 1
     return router
+
+
+def _evict(eng: engine.Engine, routers: dict[tuple[str, str], Router]) -> None:
+    """Make room for one more router: close the least recently used idle ones beyond
+    MAX_ROUTERS - 1 (a router in use stays). Call with the lock held."""
+    for key in list(routers):
+        if len(routers) < MAX_ROUTERS:
+            return
+        old = routers[key]
+        if _leases.get(id(old)):
+            continue
+        del routers[key]
+        eng.forget_closer(old.aclose)
+        asyncio.run_coroutine_threadsafe(old.aclose(), eng.loop)
+
+
+async def _complete(body: dict[str, Any], settings: Settings) -> Answer:
+    with _leased(settings) as router:
+        return await router.complete(body, settings)
 
 
 def _usage_block(usage: Mapping[str, int] | None) -> dict[str, int] | None:
@@ -214,14 +257,15 @@ async def _generic_chunks(
     winner = ""
     saw_tool_call = False
     # Closed as it is left, so that closing these chunks closes the winner at once.
-    async with contextlib.aclosing(_router(settings).stream(body, settings)) as deltas:
-        async for model, delta in deltas:
-            winner = model
-            finish = delta.finish_reason or finish
-            usage = delta.usage or usage
-            for chunk in delta_chunks(model, delta):
-                saw_tool_call = saw_tool_call or chunk["tool_use"] is not None
-                yield chunk
+    with _leased(settings) as router:
+        async with contextlib.aclosing(router.stream(body, settings)) as deltas:
+            async for model, delta in deltas:
+                winner = model
+                finish = delta.finish_reason or finish
+                usage = delta.usage or usage
+                for chunk in delta_chunks(model, delta):
+                    saw_tool_call = saw_tool_call or chunk["tool_use"] is not None
+                    yield chunk
     if finish in (None, "stop") and saw_tool_call:
         finish = "tool_calls"
     yield {
@@ -338,9 +382,7 @@ class FreeRouterLLM(CustomLLM):
                 model=model,
                 headers=headers,
             )
-            answer = engine.call_sync(
-                lambda: _router(settings).complete(body, settings), timeout=_seconds(timeout)
-            )
+            answer = engine.call_sync(lambda: _complete(body, settings), timeout=_seconds(timeout))
         except (FreeRouterError, TimeoutError) as exc:
             raise _translate(exc) from None
         return fill_response(model_response, answer)
@@ -374,9 +416,7 @@ class FreeRouterLLM(CustomLLM):
                 model=model,
                 headers=headers,
             )
-            answer = await _with_timeout(
-                _router(settings).complete(body, settings), _seconds(timeout)
-            )
+            answer = await _with_timeout(_complete(body, settings), _seconds(timeout))
         except (FreeRouterError, TimeoutError) as exc:
             raise _translate(exc) from None
         return fill_response(model_response, answer)

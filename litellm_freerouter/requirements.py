@@ -174,4 +174,7 @@ def capable(models: Iterable[FreeModel], needs: Requirements) -> list[FreeModel]
         reason = needs.unmet_by(model) or ""
         reasons[reason] = reasons.get(reason, 0) + 1
     worst = ", ".join(f"{reason} ({count} models lack it)" for reason, count in reasons.items())
-    raise NoCapableModel(f"no free model can serve this request: it needs {worst}")
+    raise NoCapableModel(
+        f"no free model can serve this request: it needs {worst}",
+        context_only=all(reason.startswith("a context window") for reason in reasons),
+    )

@@ -87,7 +87,10 @@ def conversation_key(messages: Sequence[Any]) -> str | None:
     ][:2]
     if not opening:
         return None
-    raw = json.dumps(opening, default=str, sort_keys=True)
+    try:
+        raw = json.dumps(opening, default=str, sort_keys=True)
+    except TypeError:  # keys of mixed types cannot be sorted: the opening as given
+        raw = json.dumps(opening, default=str)
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 

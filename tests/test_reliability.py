@@ -384,6 +384,34 @@ async def test_an_error_a_retry_cannot_help_is_not_retried_by_exact_class(
     await nothing_left_open(upstream)
 
 
+@pytest.mark.parametrize(("mode", "stream"), MODES, ids=MODE_IDS)
+async def test_every_model_cooling_past_the_wait_is_not_retried_by_exact_class(
+    upstream: Upstream, mode: str, stream: bool
+) -> None:
+    """Every model cooling for longer than freerouter waits: nothing is sent, and a caller
+    that retries by exact class shows the error (when it names the wait) rather than retrying
+    until a model is back and spending the quota on it unasked."""
+    upstream.sim.set_models([ModelScript("a/a:free")])
+    cool("a/a:free", 600)
+    error = await failure_of(mode, stream, litellm.ServiceUnavailableError)
+    assert "cooling" in str(error)
+    assert type(error) not in RETRIED_BY_CLASS, type(error)
+    assert upstream.sim.requests == []
+
+
+@pytest.mark.parametrize(("mode", "stream"), MODES, ids=MODE_IDS)
+async def test_a_prompt_no_context_window_holds_is_a_context_window_error(
+    upstream: Upstream, mode: str, stream: bool
+) -> None:
+    """Too long for every free model: litellm's ContextWindowExceededError (aider then offers
+    /drop and /clear; a proxy's context_window_fallbacks act on it), with nothing sent."""
+    upstream.sim.set_models([ModelScript("a/a:free", context_length=1000)])
+    long = [{"role": "user", "content": "word " * 4000}]
+    error = await failure_of(mode, stream, litellm.ContextWindowExceededError, messages=long)
+    assert "context window of" in str(error)
+    assert upstream.sim.requests == []
+
+
 class failures_seen:
     """The router's own account of each failed contender: (model, kind, scope, cooldown)."""
 
@@ -831,3 +859,54 @@ async def test_thousand_requests_with_random_aborts_leave_nothing_open(upstream:
         r.outcome for r in abandoned
     )
     assert len(abandoned) >= ended["aclose"] + ended["cancel-task"] + ended["close-sync"]
+
+
+def test_many_keys_keep_a_bounded_number_of_routers_and_open_files(upstream: Upstream) -> None:
+    """A proxy's clients may each send an api_key of their own: each key's router (its state
+    store, its refresh task) is kept only while it is among the recently used, so open files
+    stay bounded instead of growing by a store per key until the process runs out."""
+    import os
+
+    from litellm_freerouter import provider
+
+    upstream.sim.set_models([fast("k/a:free", "hi")])
+    upstream.sim.api_key = None  # any key is welcome
+    keys = [f"sk-or-v1-client-{i}" for i in range(provider.MAX_ROUTERS * 2)]
+
+    def open_files() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    def ask_with(key: str) -> None:
+        response = litellm.completion(
+            model="freerouter/auto", messages=[{"role": "user", "content": "hi"}], api_key=key
+        )
+        assert response.choices[0].message.content == "hi"
+
+    for key in keys[: provider.MAX_ROUTERS]:
+        ask_with(key)
+    full = open_files()
+    for key in keys[provider.MAX_ROUTERS :]:
+        ask_with(key)
+    routers = engine.get_engine().state["routers"]
+    assert len(routers) == provider.MAX_ROUTERS
+    # Another MAX_ROUTERS keys opened as many stores as the first did: now closed as they left.
+    assert open_files() <= full + 4
+    assert not provider._leases  # every request gave its router back
+    ask_with(keys[0])  # an evicted key's router comes back from its store
+
+
+def test_a_router_in_use_is_never_closed_to_make_room(upstream: Upstream) -> None:
+    """Eviction skips a router a request is using (closing its store mid-answer would lose
+    what the race learns): the next idle one goes instead."""
+    from litellm_freerouter import provider
+    from litellm_freerouter.config import load_settings
+
+    busy = load_settings(api_key="sk-or-v1-busy")
+    with provider._leased(busy) as router:
+        for i in range(provider.MAX_ROUTERS):
+            provider._router(load_settings(api_key=f"sk-or-v1-other-{i}"))
+        routers = engine.get_engine().state["routers"]
+        assert routers[(busy.base, busy.key_id)] is router
+        assert len(routers) == provider.MAX_ROUTERS
+        assert (busy.base, load_settings(api_key="sk-or-v1-other-0").key_id) not in routers
+    assert not provider._leases
