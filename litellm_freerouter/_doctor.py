@@ -75,10 +75,13 @@ class Doctor:
         self.key_source = key_source
         self.probe = probe
         self.problems = 0
+        self.warnings = 0
 
     def report(self, kind: Mark, text: str, fix: str | None = None) -> None:
         if kind == "fail":
             self.problems += 1
+        elif kind == "warn":
+            self.warnings += 1
         self.out.mark(kind, text, fix)
 
     def run(self) -> int:
@@ -96,6 +99,13 @@ class Doctor:
             plural = "s" if self.problems > 1 else ""
             self.out.line(f"{self.problems} problem{plural} found.", "bold red")
             return 1
+        if self.warnings:
+            plural = "s" if self.warnings > 1 else ""
+            self.out.line(
+                f"freerouter/auto is ready to use, with {self.warnings} warning{plural} above.",
+                "bold yellow",
+            )
+            return 0
         self.out.line("All good: freerouter/auto is ready to use.", "bold green")
         return 0
 
@@ -236,8 +246,9 @@ class Doctor:
             self.report(
                 "warn",
                 text,
-                f"racing {width} at once spends about {width} of them per prompt; hedged racing"
-                " (the model freerouter/hedged, or FREEROUTER_HEDGE_DELAY=auto) about 1.3."
+                f"freerouter/auto racing {width} at once spends about {width} of them per"
+                " prompt; hedged racing (the model freerouter/hedged, or"
+                " FREEROUTER_HEDGE_DELAY=auto) about 1.3, if you do not use it already."
                 " Or unlock 1000 a day at " + CREDITS_URL,
             )
         else:

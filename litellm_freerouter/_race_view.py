@@ -74,7 +74,7 @@ class RaceView:
     def _at(self, request_id: str, after: float | None = None) -> str:
         if after is None:
             after = self._clock() - self._t0.get(request_id, self._clock())
-        return f"{'+' + ms(after):>9}"
+        return f"{'+' + ms(max(0.0, after)):>9}"  # never "+-0 ms" from clock jitter
 
     def __call__(self, event: events.Event) -> None:
         with self._lock:

@@ -173,8 +173,10 @@ def cli(
     ctx.obj = App(api_base=api_base or None, api_key=api_key or None, color=color, verbose=verbose)
     if not verbose:
         # litellm's own warnings (such as its cost-map download failing offline) mean nothing
-        # to someone running this command; our errors say what went wrong.
+        # to someone running this command; our errors say what went wrong, and the router's
+        # warnings are shown as its notices (a log line would say them twice).
         logging.getLogger("LiteLLM").setLevel(logging.ERROR)
+        logging.getLogger("litellm_freerouter").setLevel(logging.ERROR)
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
@@ -311,7 +313,10 @@ def _as_json(row: _Row) -> dict[str, Any]:
     "--probe/--no-probe",
     default=True,
     show_default=True,
-    help="Send one minimal completion (spends 1 request of the daily free quota).",
+    help=(
+        "Send one minimal completion (spends 1 request of the daily free quota, and one more"
+        " for each model that fails it)."
+    ),
 )
 @pass_app
 def doctor(app: App, probe: bool) -> None:

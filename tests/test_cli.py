@@ -287,7 +287,7 @@ def test_doctor_advises_hedging_on_a_50_a_day_account(
     result = invoke(["doctor", "--no-probe"], env=env)
     assert result.exit_code == 0, result.output
     quota = f"daily free quota: {limit} of {limit} requests left today"
-    advice = "racing 3 at once spends about 3 of them per prompt; hedged racing"
+    advice = "freerouter/auto racing 3 at once spends about 3 of them per prompt; hedged"
     assert (f"! {quota}" in result.stdout) is advised
     assert (f"✓ {quota}" in result.stdout) is not advised
     assert (advice in result.stdout) is advised
@@ -301,6 +301,8 @@ def test_doctor_without_probe_sends_no_request(api: Upstream) -> None:
     result = invoke(["doctor", "--no-probe"])
     assert result.exit_code == 0, result.output
     assert "! probe: skipped" in result.stdout
+    assert "ready to use, with 2 warnings above" in result.stdout  # probe, quota unknown
+    assert "All good" not in result.stdout
     assert api.sim.requests == []
 
 
@@ -501,6 +503,19 @@ def test_chat_as_a_process_separates_answer_and_race(api: Upstream) -> None:
     assert done.stdout == "Hello from the winner\n"
     assert f"won    {WINNER}" in done.stderr
     assert ANSI not in done.stderr
+
+
+def test_a_notice_is_shown_once_and_router_logs_only_with_verbose(api: Upstream) -> None:
+    """The command shows the router's notices itself: without -v its log lines stay out of
+    the way (they were printed beside the notice, the same words twice)."""
+    api.sim.set_models(mixed_models())
+    api.sim.daily_quota = 7  # after the first race, below the reserve of 5
+    assert run(["chat", "Say hello"]).returncode == 0
+    done = run(["chat", "Say hello"])  # the race narrows, with a notice
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("free requests left today") == 1, done.stderr
+    verbose = run(["-v", "chat", "Say hello"])
+    assert "litellm_freerouter" in verbose.stderr  # -v: the router's log too
 
 
 # --- demo -------------------------------------------------------------------------------------
