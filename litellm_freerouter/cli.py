@@ -190,7 +190,8 @@ def cli(
 
 def _state(view: ModelView) -> tuple[str, str]:
     if view.cooling_for > 0:
-        return "cooling", f"cooling {span(view.cooling_for)} ({kind_text(view.cool_reason)})"
+        limit = f", {view.limit_rpm}/min" if view.limit_rpm else ""
+        return "cooling", f"cooling {span(view.cooling_for)} ({kind_text(view.cool_reason)}{limit})"
     if view.limit_wait > 0:
         return "at_limit", f"at its {view.limit_rpm}/min limit for {span(view.limit_wait)}"
     if view.measured or view.attempts:

@@ -41,7 +41,7 @@ from .errors import (
     decode_error_body,
     error_message,
 )
-from .health import Health
+from .health import RPM_WINDOW, Health
 from .race import AccountStop, AllFailed, Contender, encode_body, race, read_error_body
 from .requirements import capable, requirements_of
 from .sse import Delta
@@ -466,10 +466,12 @@ class Router:
         cooldown = cooldown_for(failure, settings)
         if failure.kind == "rate_limited" and failure.model:
             self.health.refused(failure.model, failure.limit_rpm)
-            wait = self.health.limit_wait(failure.model)
-            if wait > 0 and cooldown is not None and not failure.retry_after:
-                # Its own limit, passed by this process: out only until the minute frees up.
-                cooldown = min(cooldown, wait)
+            known = self.health.stats(failure.model).limit_rpm
+            if known and cooldown is not None and not failure.retry_after:
+                # Its own per-minute limit: out only until its minute frees up, and never
+                # longer than a minute (when requests this process cannot see filled it).
+                wait = self.health.limit_wait(failure.model)
+                cooldown = min(cooldown, wait if wait > 0 else RPM_WINDOW)
         if failure.scope == "model":
             self.health.record_failure(failure.model or "")
             if cooldown:

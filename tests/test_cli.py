@@ -747,6 +747,9 @@ def test_models_shows_a_models_stated_per_minute_limit(api: Upstream) -> None:
     assert rows[WINNER]["limit_rpm"] is None
     assert rows["lim/a:free"]["state"] == "cooling"  # this process had not used it up
     assert rows["lim/a:free"]["limit_frees_in_seconds"] is None
+    shown = invoke(["models"]).stdout
+    # Out for a minute at most (its limit is a minute's), and the limit is shown with it.
+    assert re.search(r"lim/a:free .* cooling (59|60) s \(rate limited, 8/min\)", shown), shown
 
 
 def test_models_shows_a_model_whose_limit_is_used_up(api: Upstream) -> None:

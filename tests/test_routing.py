@@ -607,6 +607,22 @@ def test_a_model_at_its_stated_limit_rests_only_until_its_minute_frees(
     assert 50 < health.cooling_for("lim/a:free") <= 60
 
 
+def test_a_model_stating_a_limit_others_filled_rests_a_minute_at_most(upstream: Upstream) -> None:
+    """A model's first answer is a 429 stating its per-minute limit (other processes or keys
+    filled it): it is out for a minute at most, not the 90 s of an unexplained 429."""
+    limited = "Rate limit exceeded: limit_rpm/lim/a:free/x. limited to 8 requests per minute."
+    upstream.sim.set_models(
+        [
+            ModelScript("lim/a:free", context_length=1000, status=429, error_message=limited),
+            fast("ok/b:free", "second", context_length=2000),
+        ]
+    )
+    assert ask(race_width=1).choices[0].message.content == "second"
+    health = env_router().health
+    assert health.stats("lim/a:free").limit_rpm == 8
+    assert 55 < health.cooling_for("lim/a:free") <= 60
+
+
 def test_a_model_at_its_known_limit_is_not_asked_until_its_minute_frees(
     upstream: Upstream,
 ) -> None:
