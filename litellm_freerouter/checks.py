@@ -127,6 +127,21 @@ _RANGES = {
 }
 
 
+def misspelt_setting(body: Mapping[str, Any]) -> str | None:
+    """A body key that looks like a mistyped freerouter setting (``racewidth=2``): sent, it
+    would go to OpenRouter, which ignores what it does not know, and the setting would silently
+    keep its default."""
+    import difflib
+
+    for name in body:
+        if name in TUNABLES or not isinstance(name, str):
+            continue
+        close = difflib.get_close_matches(name, TUNABLES, n=1, cutoff=0.8)
+        if close:
+            return f"{name} is not a parameter freerouter knows: did you mean {close[0]}?"
+    return None
+
+
 def body_problem(body: Mapping[str, Any]) -> str | None:
     """What is wrong with an upstream request body freerouter must not send as it is, if
     anything (checked in the order below; the first problem is the answer)."""
@@ -134,7 +149,15 @@ def body_problem(body: Mapping[str, Any]) -> str | None:
         found = _non_finite(body)
     except RecursionError:
         return "the request is nested too deeply to be sent as JSON"
-    for check in (_paid, _messages, _tools, _numbers, _response_format, _encodable):
+    for check in (
+        misspelt_setting,
+        _paid,
+        _messages,
+        _tools,
+        _numbers,
+        _response_format,
+        _encodable,
+    ):
         found = found or check(body)
     return found
 

@@ -353,6 +353,8 @@ def posts(m: Any) -> int:
         ({"temperature": Decimal("0.5")}, "temperature must be a number"),
         ({"logit_bias": {"1": Decimal("1")}}, "cannot be sent as JSON"),
         ({"timeout": -1}, "timeout must be a positive number of seconds, got -1"),
+        ({"racewidth": 2}, "racewidth is not a parameter freerouter knows: did you mean race_w"),
+        ({"first_token_timout": 5}, "did you mean first_token_timeout"),
         ({"timeout": float("nan")}, "timeout must be a positive number of seconds, got nan"),
     ],
 )
