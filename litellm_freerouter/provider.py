@@ -300,8 +300,11 @@ def delta_chunks(model: str, delta: Delta) -> Iterator[GenericStreamingChunk]:
         text = ""
 
 
-def fill_response(model_response: ModelResponse, answer: Answer) -> ModelResponse:
-    """Write a whole answer into litellm's response object."""
+def fill_response(
+    model_response: ModelResponse, answer: Answer, model: str = MODEL
+) -> ModelResponse:
+    """Write a whole answer into litellm's response object (``model``: what follows
+    freerouter/, the model the caller asked for; the winner is ``freerouter_model``)."""
     from litellm.types.utils import ChatCompletionMessageToolCall, Function, Message, Usage
 
     tool_calls = [
@@ -328,6 +331,7 @@ def fill_response(model_response: ModelResponse, answer: Answer) -> ModelRespons
     choice.message = message
     choice.finish_reason = answer.finish_reason
     response.created = int(time.time())
+    response.model = response.model or f"{PROVIDER}/{model}"
     usage = _usage_block(answer.usage)
     if usage is not None:
         make_usage: Any = Usage
@@ -385,7 +389,7 @@ class FreeRouterLLM(CustomLLM):
             answer = engine.call_sync(lambda: _complete(body, settings), timeout=_seconds(timeout))
         except (FreeRouterError, TimeoutError) as exc:
             raise _translate(exc) from None
-        return fill_response(model_response, answer)
+        return fill_response(model_response, answer, model)
 
     async def acompletion(
         self,
@@ -419,7 +423,7 @@ class FreeRouterLLM(CustomLLM):
             answer = await _with_timeout(_complete(body, settings), _seconds(timeout))
         except (FreeRouterError, TimeoutError) as exc:
             raise _translate(exc) from None
-        return fill_response(model_response, answer)
+        return fill_response(model_response, answer, model)
 
     def streaming(
         self,

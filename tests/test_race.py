@@ -610,6 +610,7 @@ def test_usage_and_winner_on_streams_and_responses(upstream: Upstream) -> None:
     assert response.usage.prompt_tokens == 7
     assert response.freerouter_model == "w/a:free"
     assert response.choices[0].finish_reason == "stop"
+    assert response.model == "freerouter/auto"  # what was asked for; the winner is above
 
 
 def test_missing_key_is_an_error_at_request_time(monkeypatch: pytest.MonkeyPatch) -> None:
