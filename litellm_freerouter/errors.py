@@ -55,6 +55,11 @@ class MissingKeyError(ConfigurationError):
     """No API key was given."""
 
 
+class ServerKeyMissing(FreeRouterError):
+    """A LiteLLM proxy serves freerouter without an OpenRouter key: its operator's mistake, not
+    the client's (whose virtual key was fine), so not an authentication error to the client."""
+
+
 class MalformedKeyError(MissingKeyError):
     """The key has a blank or control character inside: it cannot be sent."""
 
@@ -390,6 +395,10 @@ def to_litellm(exc: BaseException, *, model: str = "auto") -> Exception:
         request = httpx.Request("POST", "https://openrouter.ai/api/v1/chat/completions")
         return httpx.Response(status_code=status, request=request)
 
+    if isinstance(exc, ServerKeyMissing):
+        return litellm.APIError(
+            status_code=500, message=str(exc), llm_provider=provider, model=model
+        )
     if isinstance(exc, MissingKeyError):
         return litellm.AuthenticationError(message=str(exc), llm_provider=provider, model=model)
     if isinstance(exc, ConfigurationError):

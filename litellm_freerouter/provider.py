@@ -73,6 +73,13 @@ _NOT_UPSTREAM = frozenset(
 ) | frozenset(TUNABLES)
 
 
+def client_body(litellm_params: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The JSON body a LiteLLM proxy's client sent, when a proxy is serving this call."""
+    request = (litellm_params or {}).get("proxy_server_request")
+    body = request.get("body") if isinstance(request, Mapping) else None
+    return body if isinstance(body, Mapping) else None
+
+
 def client_tunables(litellm_params: Mapping[str, Any] | None) -> list[str]:
     """The tunables a LiteLLM proxy client put in its request body.
 
@@ -80,11 +87,8 @@ def client_tunables(litellm_params: Mapping[str, Any] | None) -> list[str]:
     holding a virtual key could otherwise widen races (spending the account's daily quota) or
     stretch cooldowns that every other caller shares.
     """
-    request = (litellm_params or {}).get("proxy_server_request")
-    body = request.get("body") if isinstance(request, Mapping) else None
-    if not isinstance(body, Mapping):
-        return []
-    return [name for name in TUNABLES if name in body]
+    body = client_body(litellm_params)
+    return [] if body is None else [name for name in TUNABLES if name in body]
 
 
 def prepare(
@@ -123,6 +127,14 @@ def prepare(
     settings = load_settings(overrides, api_key=api_key, api_base=api_base)
     if model == HEDGED and settings.hedge_delay == 0:
         settings = dataclasses.replace(settings, hedge_delay="auto")
+    if not settings.api_key and client_body(litellm_params) is not None:
+        from .errors import ServerKeyMissing
+
+        raise ServerKeyMissing(
+            "this LiteLLM proxy has no OpenRouter API key for freerouter: its operator must set"
+            " OPENROUTER_API_KEY in the proxy's environment (or api_key in the model's"
+            " litellm_params)"
+        )
     caller_headers = checks.caller_headers(headers)
     if caller_headers:
         settings = dataclasses.replace(settings, extra_headers=caller_headers)

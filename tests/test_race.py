@@ -622,6 +622,25 @@ def test_missing_key_is_an_error_at_request_time(monkeypatch: pytest.MonkeyPatch
         ask(stream=False)
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_proxy_without_a_key_is_a_server_error_not_the_clients(
+    monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    """Served by a LiteLLM proxy (which passes the client's body as proxy_server_request), a
+    missing OpenRouter key is the operator's to fix: a 500 naming OPENROUTER_API_KEY, not a
+    401 that tells the client its own virtual key is wrong."""
+    monkeypatch.setenv("OPENROUTER_API_BASE", "http://127.0.0.1:9/api/v1")
+    with pytest.raises(Exception) as caught:
+        response = ask(stream=stream, proxy_server_request={"body": {"model": "freerouter/auto"}})
+        for _ in response if stream else ():
+            pass
+    # A streamed 5xx reaches the caller inside newer litellm's MidStreamFallbackError (503).
+    error = getattr(caught.value, "original_exception", None) or caught.value
+    assert not isinstance(error, litellm.AuthenticationError)
+    assert isinstance(error, litellm.APIError) and error.status_code == 500
+    assert "its operator must set OPENROUTER_API_KEY" in str(error)
+
+
 def test_blanks_around_the_key_are_dropped_and_a_key_with_blanks_inside_is_refused(
     upstream: Upstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -506,3 +506,30 @@ def test_client_cannot_override_config_tunables(
         )
     assert "race_width" in refused.value.message
     assert openrouter.since(mark) == []
+
+
+def test_a_proxy_started_without_the_openrouter_key_says_so_as_a_server_error(
+    openrouter: FakeOpenRouter, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """config.example.yaml on a proxy whose operator forgot OPENROUTER_API_KEY: a client
+    with a good key gets a 500 naming the variable the operator must set, not a 401 that
+    blames its own key; nothing reaches OpenRouter."""
+    directory = tmp_path_factory.mktemp("keyless-proxy")
+    env = proxy_env(
+        {
+            "OPENROUTER_API_BASE": openrouter.thread.url,
+            "LITELLM_MASTER_KEY": MASTER_KEY,
+            "FREEROUTER_STATE_DIR": str(directory / "state"),
+        }
+    )
+    env.pop("OPENROUTER_API_KEY", None)
+    proxy = Proxy(copy_example_config(directory), env, secrets=(MASTER_KEY,)).start()
+    try:
+        mark = openrouter.mark()
+        with client_of(proxy) as client, pytest.raises(openai.APIStatusError) as failed:
+            client.chat.completions.create(model=MODEL, messages=ask("anyone there?"))
+        assert failed.value.status_code == 500
+        assert "its operator must set OPENROUTER_API_KEY" in str(failed.value)
+        assert openrouter.since(mark) == []
+    finally:
+        proxy.stop()
