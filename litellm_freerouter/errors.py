@@ -135,7 +135,7 @@ class AllModelsFailed(FreeRouterError):
             # An answer carried on, or races the account's minute cut short, used them all.
             super().__init__(
                 f"this request has sent the {cap} upstream requests it may send"
-                " (FREEROUTER_MAX_ATTEMPTS, or the race width if that is larger)"
+                " (max_attempts, FREEROUTER_MAX_ATTEMPTS; or the race width if that is larger)"
             )
             return
         super().__init__(

@@ -208,7 +208,7 @@ class Contender:
                 "stalled",
                 "model",
                 f"{self.id} sent nothing for {seconds:g} s after it had started answering"
-                " (FREEROUTER_IDLE_TIMEOUT)",
+                " (idle_timeout, FREEROUTER_IDLE_TIMEOUT)",
                 self.id,
             )
         )
@@ -385,7 +385,7 @@ async def race(
                                 "slow",
                                 "model",
                                 f"no first token within {first_token_timeout:g} s"
-                                " (FREEROUTER_FIRST_TOKEN_TIMEOUT)",
+                                " (first_token_timeout, FREEROUTER_FIRST_TOKEN_TIMEOUT)",
                                 contender.id,
                             )
                         )

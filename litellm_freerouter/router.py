@@ -506,7 +506,10 @@ class Router:
         why = " or at their per-minute limit" if at_limit else ""
         first = f"; the first returns in {wait:.0f} s" if wait is not None else ""
         if wait is not None:
-            first += f", later than a request waits (FREEROUTER_WAIT_FOR_MODEL, {waited:g} s)"
+            first += (
+                f", later than a request waits (wait_for_model, FREEROUTER_WAIT_FOR_MODEL:"
+                f" {waited:g} s)"
+            )
         return NoModelAvailable(
             f"all {len(able)} free models that can serve this request are cooling down"
             f" after recent failures{why}{first}",

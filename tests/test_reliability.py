@@ -175,7 +175,7 @@ FAULTS = [
         "stall before token, alone",
         {"stall_before_first_token": True},
         litellm.Timeout,
-        "no first token within 1 s (FREEROUTER_FIRST_TOKEN_TIMEOUT)",
+        "no first token within 1 s (first_token_timeout, FREEROUTER_FIRST_TOKEN_TIMEOUT)",
         kind=("slow", "model", 15.0),
         alone=True,
     ),
@@ -641,7 +641,9 @@ async def test_a_request_fails_at_once_when_no_model_returns_in_time(
     # Not a speed goal: waiting at all would take the whole 30 s wait_for_model.
     assert time.monotonic() - began < 10, "the call waited for a model"
     assert "all 1 free models that can serve this request are cooling down" in str(error)
-    assert "later than a request waits (FREEROUTER_WAIT_FOR_MODEL" in str(error), str(error)
+    assert "later than a request waits (wait_for_model, FREEROUTER_WAIT_FOR_MODEL" in str(error), (
+        str(error)
+    )
     assert waits.seconds == [] and upstream.sim.requests == []
     await nothing_left_open(upstream)
 

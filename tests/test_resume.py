@@ -209,7 +209,10 @@ def test_an_answer_is_not_carried_on_past_max_attempts(upstream: Upstream, strea
         contenders_started(lambda: answer_of(stream, race_width=3, max_attempts=3, explore=0))
     message = str(caught.value)
     assert "break/a:free" in message and "no other model could carry the answer on" in message
-    assert "has sent the 3 upstream requests it may send (FREEROUTER_MAX_ATTEMPTS" in message
+    assert (
+        "has sent the 3 upstream requests it may send (max_attempts, FREEROUTER_MAX_ATTEMPTS"
+        in message
+    )
     upstream.wait_idle()
     assert request_tasks() == []
 
