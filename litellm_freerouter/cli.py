@@ -274,6 +274,12 @@ def models(app: App, as_json: bool) -> None:
     if quota is not None:
         remaining, limit = quota
         out.line(f"Free requests left today: {remaining} of {limit} (resets 00:00 UTC).")
+    if not settings.api_key:
+        out.line(
+            "No API key: the states and speeds are those learnt without one. What your key's"
+            " races learnt shows with OPENROUTER_API_KEY set (or --api-key).",
+            "dim",
+        )
 
 
 def _speed(row: _Row) -> str:

@@ -165,6 +165,9 @@ def test_models_works_without_a_key(api: Upstream) -> None:
     assert WINNER in result.stdout
     assert "Free requests" not in result.output
     assert result.stderr == ""
+    # State is kept per key: without one, say whose state this is.
+    assert "No API key: the states and speeds are those learnt without one" in result.stdout
+    assert "No API key" not in invoke(["models"]).stdout
 
 
 def test_models_shows_cooldowns_and_measured_speed_after_a_race(api: Upstream) -> None:
