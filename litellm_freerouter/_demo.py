@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from ._ui import Output, kind_text, ms, span
 from .config import TUNABLES as ALL_TUNABLES
 from .config import Settings, load_settings
 from .router import Router
-from .simulator import Simulator, SimulatorThread, demo_models
+from .simulator import ModelScript, Simulator, SimulatorThread, demo_models, words
 
 # The simulator accepts any key; this one is not a secret and never leaves the machine.
 DEMO_KEY = "freerouter-demo"
@@ -24,6 +25,35 @@ PROMPTS = (
     "Which model answered, and why that one?",
     "What happened to the others?",
 )
+# What the models that can win say to each prompt (the simulated models' own words otherwise).
+ANSWERS = {
+    PROMPTS[0]: (
+        "Free models vary wildly in speed and availability from one minute to the next. Asking"
+        " several at once and keeping the first real token beats guessing which one is quick"
+        " today, and the losers are cancelled at once."
+    ),
+    PROMPTS[1]: (
+        "This one, because it produced a real token first. Keep-alive comments and empty role"
+        " deltas do not count, so a model that only says it is busy cannot win."
+    ),
+    PROMPTS[2]: (
+        "They were cancelled the moment this answer won, and their connections closed. The"
+        " ones that failed (a 503, a rate limit) are benched for a while, so the next race"
+        " skips them without spending a request."
+    ),
+}
+
+
+def _answer_to_prompt(script: ModelScript, body: dict[str, Any]) -> ModelScript:
+    """The simulator's per-request hook: a model that answers, answers the question asked."""
+    messages = body.get("messages") or []
+    prompt = messages[-1].get("content") if messages and isinstance(messages[-1], dict) else None
+    answer = ANSWERS.get(prompt) if isinstance(prompt, str) else None
+    if answer is None or script.status != 200 or script.stall_before_first_token:
+        return script
+    return dataclasses.replace(script, chunks=words(answer))
+
+
 # The demo's own settings; every other tunable takes its default. All are passed explicitly, so
 # that the user's FREEROUTER_* settings cannot change the show.
 TUNABLES: dict[str, Any] = {
@@ -60,6 +90,7 @@ def run(out: Output, err: Output, prompts: Sequence[str] = PROMPTS) -> int:
 def _run(out: Output, err: Output, prompts: Sequence[str], tunables: dict[str, Any]) -> int:
     scripts = demo_models()
     sim = Simulator(scripts, time_scale=TIME_SCALE)
+    sim.per_request = _answer_to_prompt
     thread = SimulatorThread(sim).start()
     try:
         settings = load_settings(tunables, api_key=DEMO_KEY, api_base=thread.url)

@@ -908,7 +908,7 @@ class SimulatorThread:
         await asyncio.gather(*leftovers, return_exceptions=True)
 
 
-def _words(text: str) -> tuple[str, ...]:
+def words(text: str) -> tuple[str, ...]:
     """Split prose into word-sized pieces, the way tokens arrive."""
     return tuple(re.findall(r"\s*\S+", text))
 
@@ -921,7 +921,7 @@ def demo_models() -> list[ModelScript]:
             context_length=131072,
             first_token_delay=0.3,
             chunk_delay=0.04,
-            chunks=_words(
+            chunks=words(
                 "Here is the short version: several free models were asked at once, and this "
                 "one produced a real token first, so its answer is what you are reading. The "
                 "others were cancelled the moment it won, which frees their rate limits."
@@ -934,7 +934,7 @@ def demo_models() -> list[ModelScript]:
             context_length=96000,
             first_token_delay=2.5,
             chunk_delay=0.06,
-            chunks=_words(
+            chunks=words(
                 "Let me consider this carefully before answering, weighing each option in turn "
                 "and checking the trade-offs one by one."
             ),
@@ -961,7 +961,7 @@ def demo_models() -> list[ModelScript]:
             keepalives=3,
             keepalive_interval=0.5,
             stall_before_first_token=True,
-            chunks=_words("This answer never arrives."),
+            chunks=words("This answer never arrives."),
             provider_name="Chutes",
         ),
         ModelScript(
@@ -976,11 +976,11 @@ def demo_models() -> list[ModelScript]:
             context_length=163840,
             first_token_delay=0.9,
             chunk_delay=0.05,
-            reasoning=_words(
+            reasoning=words(
                 "The user wants a direct answer. I should keep it brief and mention why the "
                 "result came from a race."
             ),
-            chunks=_words(
+            chunks=words(
                 "After thinking it over: racing free models trades a little extra load for a "
                 "much faster first token."
             ),
@@ -991,7 +991,7 @@ def demo_models() -> list[ModelScript]:
             id="openai/gpt-4o-mini",
             context_length=128000,
             free=False,
-            chunks=_words("A paid model must never be called by the free router."),
+            chunks=words("A paid model must never be called by the free router."),
             provider_name="OpenAI",
         ),
         ModelScript(
@@ -1000,7 +1000,7 @@ def demo_models() -> list[ModelScript]:
             max_completion_tokens=2048,
             first_token_delay=0.7,
             chunk_delay=0.05,
-            chunks=_words("Small window, short reply: keep prompts compact for this model."),
+            chunks=words("Small window, short reply: keep prompts compact for this model."),
             endpoint_latency_ms=700.0,
             provider_name="Mistral",
         ),

@@ -542,6 +542,9 @@ def test_demo_runs_offline_and_the_fast_model_wins(tmp_path: Path) -> None:
     assert "drop   moonshotai/kimi-k2:free  server error" in err
     assert "benched after earlier failures: " in err
     assert "3 requests, 3 answered" in out
+    from litellm_freerouter._demo import ANSWERS, PROMPTS
+
+    assert [out.count(ANSWERS[prompt]) for prompt in PROMPTS] == [1, 1, 1]  # each its own
     paid = next(m.id for m in demo_models() if not m.free)
     paid_row = next(line for line in out.splitlines() if paid in line)
     assert paid_row.split()[2:] == ["0", "never", "called", "✓"]
