@@ -171,18 +171,30 @@ def cli(
       freerouter chat "Hello"    ask the real thing
     """
     ctx.obj = App(api_base=api_base or None, api_key=api_key or None, color=color, verbose=verbose)
+    litellm_logger = logging.getLogger("LiteLLM")
+    logger = logging.getLogger("litellm_freerouter")
+    levels = {litellm_logger: litellm_logger.level, logger: logger.level}
+    handler: logging.Handler | None = None
     if not verbose:
         # litellm's own warnings (such as its cost-map download failing offline) mean nothing
         # to someone running this command; our errors say what went wrong, and the router's
         # warnings are shown as its notices (a log line would say them twice).
-        logging.getLogger("LiteLLM").setLevel(logging.ERROR)
-        logging.getLogger("litellm_freerouter").setLevel(logging.ERROR)
+        litellm_logger.setLevel(logging.ERROR)
+        logger.setLevel(logging.ERROR)
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-        logger = logging.getLogger("litellm_freerouter")
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
+
+    def restore() -> None:
+        """The loggers as they were: the command may run inside a process (tests, scripts)."""
+        for each, level in levels.items():
+            each.setLevel(level)
+        if handler is not None:
+            logger.removeHandler(handler)
+
+    ctx.call_on_close(restore)
 
 
 # --- models -----------------------------------------------------------------------------------
