@@ -277,10 +277,12 @@ def classify(
     *,
     model: str | None = None,
     secret: str | None = None,
+    in_stream: bool = False,
 ) -> Failure:
     """Decide what an upstream error means for routing: OpenRouter's errors by scope, as the
     README's "What a failure means" table lists them.  ``secret`` is redacted from what the
-    upstream said."""
+    upstream said; ``in_stream``: the error came inside a 200 stream (from the model's
+    provider, after OpenRouter had accepted the request)."""
     error = body.get("error") if isinstance(body, Mapping) else None
     if not isinstance(error, Mapping):
         error = {}
@@ -314,10 +316,15 @@ def classify(
         return failure("gone", "model")
     if status == 403:
         return failure("moderation", "request")
-    if status in (413, 431):
-        # Too large for OpenRouter (the body, or the headers): as large for every model.
+    relayed = (
+        in_stream or bool(raw) or (isinstance(meta, Mapping) and bool(meta.get("provider_name")))
+    )
+    if status in (413, 431) and not relayed and not _CONTEXT.search(text):
+        # Too large for OpenRouter (the body, or the headers): as large for every model. Not
+        # a provider's own 413 (its context window, its tokens a minute), passed on with its
+        # words or inside a stream: that is this model's limit, and another may serve.
         return failure("too_large", "request")
-    if status in (400, 422):
+    if status in (400, 413, 422):
         if _CONTEXT.search(text):
             return failure("context", "request")
         if raw and raw not in message:
@@ -337,7 +344,7 @@ def classify_error_chunk(
     status = code if isinstance(code, int) and 100 <= code <= 599 else None
     if status is None and isinstance(code, str) and code.isdigit():
         status = int(code)
-    return classify(status or 502, {"error": error}, model=model, secret=secret)
+    return classify(status or 502, {"error": error}, model=model, secret=secret, in_stream=True)
 
 
 # --- messages for the caller -----------------------------------------------------------------

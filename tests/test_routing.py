@@ -115,6 +115,37 @@ def test_a_request_too_large_for_openrouter_asks_no_other_model(upstream: Upstre
     assert env_router().health.cooling_for("big/a:free") == 0
 
 
+@pytest.mark.parametrize(
+    "script",
+    [
+        # A provider's context window, said with a 413: this model's limit, not OpenRouter's.
+        {"status": 413, "error_message": "This endpoint's maximum context length is 8192 tokens"},
+        # A provider's own 413 relayed by OpenRouter with its words (tokens a minute, say).
+        {
+            "status": 413,
+            "error_message": "Provider returned error",
+            "error_metadata": {"raw": "Request too large for model: TPM limit 6000"},
+        },
+        # A 413 inside a 200 stream: OpenRouter took the request; the provider refused it.
+        {"error_chunk_after": 0, "error_code": 413, "error_message": "Request too large"},
+    ],
+    ids=["context-413", "provider-413", "in-stream-413"],
+)
+def test_a_providers_own_413_leaves_the_request_to_other_models(
+    upstream: Upstream, script: dict[str, Any]
+) -> None:
+    """Only OpenRouter's own 413 (or 431) is as large for every model; one a model's provider
+    answers is that model's limit, and the next model serves the request."""
+    upstream.sim.set_models(
+        [
+            ModelScript("small/a:free", context_length=1000, **script),  # type: ignore[arg-type]
+            fast("next/b:free", "answered", context_length=2000),
+        ]
+    )
+    assert ask(race_width=1).choices[0].message.content == "answered"
+    assert upstream.sim.called_models() == ["small/a:free", "next/b:free"]
+
+
 def test_long_prompt_skips_small_context_windows(upstream: Upstream) -> None:
     """A prompt larger than a model's context window is never sent to it."""
     upstream.sim.set_models(
