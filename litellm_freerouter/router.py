@@ -466,12 +466,16 @@ class Router:
         cooldown = cooldown_for(failure, settings)
         if failure.kind == "rate_limited" and failure.model:
             self.health.refused(failure.model, failure.limit_rpm)
-            known = self.health.stats(failure.model).limit_rpm
-            if known and cooldown is not None and not failure.retry_after:
-                # Its own per-minute limit: out only until its minute frees up, and never
-                # longer than a minute (when requests this process cannot see filled it).
+            if cooldown is not None and not failure.retry_after:
+                # Its own per-minute limit: out only until its minute frees up (when this
+                # process filled it), and never longer than a minute when this 429 says it is
+                # that limit (requests this process cannot see filled it). A 429 that does not
+                # say so (its provider is busy) cools as long as any other.
                 wait = self.health.limit_wait(failure.model)
-                cooldown = min(cooldown, wait if wait > 0 else RPM_WINDOW)
+                if wait > 0:
+                    cooldown = min(cooldown, wait)
+                elif failure.limit_rpm:
+                    cooldown = min(cooldown, RPM_WINDOW)
         if failure.scope == "model":
             self.health.record_failure(failure.model or "")
             if cooldown:

@@ -654,6 +654,40 @@ def test_a_model_stating_a_limit_others_filled_rests_a_minute_at_most(upstream: 
     assert 55 < health.cooling_for("lim/a:free") <= 60
 
 
+def test_a_429_that_states_no_limit_cools_fully_though_the_model_once_stated_one(
+    upstream: Upstream,
+) -> None:
+    """Only a 429 saying it is the model's per-minute limit rests it a minute at most; a later
+    one that does not (its provider busy) cools it cooldown_rate_limit, as for any model."""
+    limited = "Rate limit exceeded: limit_rpm/lim/a:free/x. limited to 8 requests per minute."
+    upstream.sim.set_models(
+        [
+            ModelScript("lim/a:free", context_length=1000, status=429, error_message=limited),
+            fast("ok/b:free", "second", context_length=2000),
+        ]
+    )
+    assert ask(race_width=1, cooldown_rate_limit=600).choices[0].message.content == "second"
+    health = env_router().health
+    assert health.stats("lim/a:free").limit_rpm == 8
+    health.uncool("lim/a:free", "rate_limited")
+    upstream.sim.set_models(
+        [
+            ModelScript(
+                "lim/a:free",
+                context_length=1000,
+                status=429,
+                error_message="Provider returned error",
+                error_metadata={"raw": "upstream is temporarily rate-limited"},
+            ),
+            fast("ok/b:free", "second", delay=0.5, context_length=2000),
+        ]
+    )
+    # Both start (the measured ok/b would otherwise be the only one asked); lim/a fails first.
+    assert ask(race_width=2, cooldown_rate_limit=600).choices[0].message.content == "second"
+    assert "lim/a:free" in upstream.sim.called_models()
+    assert health.cooling_for("lim/a:free") > 500
+
+
 def test_a_model_at_its_known_limit_is_not_asked_until_its_minute_frees(
     upstream: Upstream,
 ) -> None:
