@@ -173,14 +173,16 @@ def cli(
     ctx.obj = App(api_base=api_base or None, api_key=api_key or None, color=color, verbose=verbose)
     litellm_logger = logging.getLogger("LiteLLM")
     logger = logging.getLogger("litellm_freerouter")
-    levels = {litellm_logger: litellm_logger.level, logger: logger.level}
+    events_logger = logging.getLogger("litellm_freerouter.events")
+    levels = {each: each.level for each in (litellm_logger, logger, events_logger)}
     handler: logging.Handler | None = None
     if not verbose:
         # litellm's own warnings (such as its cost-map download failing offline) mean nothing
         # to someone running this command; our errors say what went wrong, and the router's
-        # warnings are shown as its notices (a log line would say them twice).
+        # events are shown as its notices (their log lines would say them twice). Other
+        # warnings, such as the state file being unusable, still show.
         litellm_logger.setLevel(logging.ERROR)
-        logger.setLevel(logging.ERROR)
+        events_logger.setLevel(logging.ERROR)
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))

@@ -10,7 +10,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-log = logging.getLogger("litellm_freerouter")
+# A child of the package's logger (whose handlers and level it follows): the command line,
+# which shows these events itself, can quiet their log lines alone.
+log = logging.getLogger("litellm_freerouter.events")
 
 
 @dataclass(frozen=True, slots=True)

@@ -513,12 +513,16 @@ def test_a_notice_is_shown_once_and_router_logs_only_with_verbose(api: Upstream)
     the way (they were printed beside the notice, the same words twice)."""
     api.sim.set_models(mixed_models())
     api.sim.daily_quota = 7  # after the first race, below the reserve of 5
-    assert run(["chat", "Say hello"]).returncode == 0
+    assert invoke(["chat", "Say hello"]).exit_code == 0
     done = run(["chat", "Say hello"])  # the race narrows, with a notice
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("free requests left today") == 1, done.stderr
-    verbose = run(["-v", "chat", "Say hello"])
+    verbose = invoke(["-v", "chat", "Say hello"])
     assert "litellm_freerouter" in verbose.stderr  # -v: the router's log too
+    # A warning no notice stands for is still shown without -v.
+    unusable = run(["chat", "Say hello"], env={"FREEROUTER_STATE_DIR": "/dev/null/state"})
+    assert unusable.returncode == 0, unusable.stderr
+    assert "keeping state in memory for this process" in unusable.stderr
 
 
 # --- demo -------------------------------------------------------------------------------------

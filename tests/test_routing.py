@@ -97,14 +97,18 @@ def test_a_pdf_no_model_reads_itself_is_refused_unsent(upstream: Upstream) -> No
     assert upstream.sim.requests == []
 
 
-def test_a_request_too_large_for_openrouter_asks_no_other_model(upstream: Upstream) -> None:
-    """A 413 (or 431) says the request is too large for OpenRouter, so for every model: it
-    ends at once as a BadRequestError, spends one request, and cools nobody."""
+@pytest.mark.parametrize(
+    ("status", "says"), [(413, "Payload Too Large"), (431, "Request Header Fields Too Large")]
+)
+def test_a_request_too_large_for_openrouter_asks_no_other_model(
+    upstream: Upstream, status: int, says: str
+) -> None:
+    """A 413 (the body) or 431 (the headers) says the request is too large for OpenRouter, so
+    for every model: it ends at once as a BadRequestError, spends one request, and cools
+    nobody."""
     upstream.sim.set_models(
         [
-            ModelScript(
-                "big/a:free", context_length=1000, status=413, error_message="Payload Too Large"
-            ),
+            ModelScript("big/a:free", context_length=1000, status=status, error_message=says),
             fast("next/b:free", "x", context_length=2000),
             fast("third/c:free", "x", context_length=3000),
         ]
