@@ -151,6 +151,11 @@ class Engine:
             asyncio.run_coroutine_threadsafe(self._aclose(), self.loop).result(timeout)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
+        if not self._thread.is_alive():
+            # Closed now, not by the loop's __del__ during interpreter shutdown, which can run
+            # after its self-pipe sockets were finalised ("Invalid file descriptor: -1").
+            with contextlib.suppress(Exception):
+                self.loop.close()
 
 
 def _new_session() -> aiohttp.ClientSession:

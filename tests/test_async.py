@@ -670,3 +670,12 @@ async def test_wait_for_answers_times_out_and_passes_cancellations_on(wait_for: 
     with pytest.raises(asyncio.CancelledError):
         await task
     assert cleaned == ["cleaned", "cleaned"]
+
+
+def test_closing_the_engine_closes_its_loop() -> None:
+    """A loop left unclosed is closed by its __del__ during interpreter shutdown, which on
+    Python 3.13 can run after its sockets were finalised and print a traceback at exit (seen
+    on `freerouter models`); the engine closes its loop when it stops."""
+    own = engine.Engine()
+    own.close()
+    assert own.loop.is_closed()
