@@ -165,7 +165,9 @@ def prepare(
     return body, settings
 
 
-_routers_lock = threading.Lock()
+# Reentrant: a lease is given back in a ``finally`` that the garbage collector may run (a request
+# finalised with the loop it ran on) in a thread that is inside _router already, holding it.
+_routers_lock = threading.RLock()
 # Routers (one per endpoint and key, each with its state store and refresh task) kept at once:
 # beyond this many, the least recently used idle one is closed (its state is in the store). A
 # proxy's clients may each send a key of their own.

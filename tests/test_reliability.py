@@ -912,3 +912,38 @@ def test_a_router_in_use_is_never_closed_to_make_room(upstream: Upstream) -> Non
         assert len(routers) == provider.MAX_ROUTERS
         assert (busy.base, load_settings(api_key="sk-or-v1-other-0").key_id) not in routers
     assert not provider._leases
+
+
+def test_a_lease_given_back_while_the_router_lock_is_held_does_not_deadlock(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request's lease is given back in a ``finally``, which the garbage collector runs in
+    whatever thread it collects in: a request whose loop was closed under it is finalised
+    there. Cyclic collection can start at any allocation, also in a thread that is inside
+    ``_router`` opening a store: giving the lease back there must not wait for that very
+    thread."""
+    from litellm_freerouter import provider, state
+    from litellm_freerouter.config import load_settings
+
+    lease = provider._leased(load_settings(api_key="sk-or-v1-collected"))
+    lease.__enter__()
+    original = state.open_store
+
+    def open_store(settings: Any) -> Any:
+        lease.__exit__(None, None, None)  # as a collected request's finally would, here
+        return original(settings)
+
+    monkeypatch.setattr(provider.state, "open_store", open_store)
+    done = threading.Event()
+
+    def create() -> None:
+        provider._router(load_settings(api_key="sk-or-v1-new"))
+        done.set()
+
+    thread = threading.Thread(target=create, daemon=True)
+    thread.start()
+    if not done.wait(5):
+        provider._routers_lock.release()  # let the stuck thread go, for the tests after this
+        thread.join(5)
+        pytest.fail("giving a lease back inside _router deadlocked on _routers_lock")
+    assert not provider._leases
