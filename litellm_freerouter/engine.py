@@ -262,6 +262,10 @@ class _Handoff:
             self.future.cancel()
         else:  # interrupted while handing over: the task may or may not exist yet
             self._engine.loop.call_soon_threadsafe(_cancel_task_of, self._coro, self._finished)
+        if self._engine.in_engine_thread():
+            # Closed on the engine's own thread (the garbage collector collects in any thread):
+            # the task can only end once this returns, so waiting would stall the engine.
+            return
         self._finished.wait(CANCEL_TIMEOUT)
 
 

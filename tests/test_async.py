@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -552,6 +553,28 @@ def test_a_sync_stream_closes_its_generator_before_close_returns() -> None:
     stream.close()  # type: ignore[attr-defined]
     # Wherever the engine's thread had got to: it hands the first item over, then reads ahead.
     assert len(closed) == 1 and 1 <= closed[0] <= engine.HIGH_WATER + 1
+
+
+def test_a_sync_stream_collected_on_the_engines_thread_does_not_stall_it() -> None:
+    """A sync stream left in a reference cycle is closed by whichever thread the garbage
+    collector runs in, the engine's own among them. Closing there must not wait for the
+    engine's task to stop: that task can only run on the thread that waits, which would stand
+    still for CANCEL_TIMEOUT with every other request of the engine."""
+    closed: list[int] = []
+    stream = engine.stream_sync(lambda: _endless(closed, cleanup=0))
+    assert next(stream) == 1
+
+    async def close_here() -> float:
+        started = time.monotonic()
+        stream.close()  # type: ignore[attr-defined]
+        return time.monotonic() - started
+
+    took = engine.get_engine().submit(close_here()).result(engine.CANCEL_TIMEOUT * 2)
+    assert took < 1, f"the engine's thread stood still {took:.1f} s"
+    deadline = time.monotonic() + 5
+    while not closed and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling, with a deadline: the task ends on the engine a turn later
+    assert closed, "the stream's generator was never closed"
 
 
 async def _first_then_close(sim: Simulator, stream: AsyncGenerator[Any, None]) -> Any:
