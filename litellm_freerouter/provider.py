@@ -221,6 +221,14 @@ def _router(settings: Settings, *, lease: bool = False) -> Router:
     return router
 
 
+def _keeps_state(router: Router) -> bool:
+    """Whether what ``router`` learnt outlives it: its store is shared (a file, Redis) and up.
+    A router on memory alone (an unusable state directory, a store that is away) holds the
+    only copy of its key's cooldowns and quota stop, so it is never closed to make room."""
+    store = router.health.store
+    return store.shared and getattr(store, "problem", None) is None
+
+
 def _evict(eng: engine.Engine, routers: dict[tuple[str, str], Router]) -> None:
     """Make room for one more router: close the least recently used idle ones beyond
     MAX_ROUTERS - 1 (a router in use stays). Call with the lock held."""
@@ -228,7 +236,7 @@ def _evict(eng: engine.Engine, routers: dict[tuple[str, str], Router]) -> None:
         if len(routers) < MAX_ROUTERS:
             return
         old = routers[key]
-        if _leases.get(id(old)):
+        if _leases.get(id(old)) or not _keeps_state(old):
             continue
         del routers[key]
         eng.forget_closer(old.aclose)

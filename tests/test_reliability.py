@@ -947,3 +947,21 @@ def test_a_lease_given_back_while_the_router_lock_is_held_does_not_deadlock(
         thread.join(5)
         pytest.fail("giving a lease back inside _router deadlocked on _routers_lock")
     assert not provider._leases
+
+
+def test_a_router_whose_state_lives_only_in_memory_is_never_closed_to_make_room(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the state directory unusable, a router's memory holds the only copy of its key's
+    cooldowns: closing it to make room would ask a model known to be refusing again."""
+    from litellm_freerouter import provider
+    from litellm_freerouter.config import load_settings
+
+    monkeypatch.setenv("FREEROUTER_STATE_DIR", "/dev/null/state")
+    monkeypatch.setattr(provider, "MAX_ROUTERS", 2)
+    first = provider._router(load_settings(api_key="sk-or-v1-first"))
+    first.health.cool("k/a:free", 600, "rate_limited")
+    for i in range(3):
+        provider._router(load_settings(api_key=f"sk-or-v1-other-{i}"))
+    assert provider._router(load_settings(api_key="sk-or-v1-first")) is first
+    assert first.health.cooling_for("k/a:free") > 590
