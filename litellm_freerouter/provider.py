@@ -195,29 +195,53 @@ def _router(settings: Settings, *, lease: bool = False) -> Router:
     key = (settings.base, settings.key_id)
     with _routers_lock:
         routers: dict[tuple[str, str], Router] = eng.state.setdefault("routers", {})
-        router = routers.pop(key, None)
-        if router is not None:
-            routers[key] = router  # the most recently used, last
+        found = _take(routers, key, lease)
+    if found is not None:
+        return found
+    # Made outside the lock: opening a store can wait seconds (a state file another process
+    # holds), and every other key's requests would wait with it.
+    made = _new_router(settings, eng)
+    with _routers_lock:
+        found = _take(routers, key, lease)
+        if found is None:
+            _evict(eng, routers)
+            routers[key] = made
+            eng.on_close(made.aclose)
             if lease:
-                _leases[id(router)] = _leases.get(id(router), 0) + 1
-            return router
-        _evict(eng, routers)
-        store = state.open_store(settings)
-        router = routers[key] = Router(
-            settings.base,
-            session=engine.session,
-            refresh_interval=settings.refresh_interval,
-            health=Health(store=store),
-            home=eng.loop,
-        )
-        cached = store.load_catalog()
-        if cached is not None and cached.models:  # answer at once; refreshed when stale
-            models = cached_models(cached.models)
-            if models:
-                router.preload_catalog(models, cached.fetched_at)
-        eng.on_close(router.aclose)
+                _leases[id(made)] = _leases.get(id(made), 0) + 1
+            return made
+    # Another thread made this key's router meanwhile: this one goes.
+    asyncio.run_coroutine_threadsafe(made.aclose(), eng.loop)
+    return found
+
+
+def _take(
+    routers: dict[tuple[str, str], Router], key: tuple[str, str], lease: bool
+) -> Router | None:
+    """The router kept for ``key``, now the most recently used (and leased), if there is one.
+    Call with the lock held."""
+    router = routers.pop(key, None)
+    if router is not None:
+        routers[key] = router  # the most recently used, last
         if lease:
             _leases[id(router)] = _leases.get(id(router), 0) + 1
+    return router
+
+
+def _new_router(settings: Settings, eng: engine.Engine) -> Router:
+    store = state.open_store(settings)
+    router = Router(
+        settings.base,
+        session=engine.session,
+        refresh_interval=settings.refresh_interval,
+        health=Health(store=store),
+        home=eng.loop,
+    )
+    cached = store.load_catalog()
+    if cached is not None and cached.models:  # answer at once; refreshed when stale
+        models = cached_models(cached.models)
+        if models:
+            router.preload_catalog(models, cached.fetched_at)
     return router
 
 

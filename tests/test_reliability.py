@@ -965,3 +965,38 @@ def test_a_router_whose_state_lives_only_in_memory_is_never_closed_to_make_room(
         provider._router(load_settings(api_key=f"sk-or-v1-other-{i}"))
     assert provider._router(load_settings(api_key="sk-or-v1-first")) is first
     assert first.health.cooling_for("k/a:free") > 590
+
+
+def test_a_slow_store_for_one_key_holds_up_no_other_keys_requests(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening a key's state can wait seconds (a state file another process holds); it is done
+    outside the routers' lock, so a request on another key is not held up meanwhile, and two
+    requests racing to make the same key's router end up sharing one."""
+    from litellm_freerouter import provider, state
+    from litellm_freerouter.config import load_settings
+
+    known = load_settings(api_key="sk-or-v1-known")
+    router = provider._router(known)
+    opening, release = threading.Event(), threading.Event()
+    real_open = state.open_store
+
+    def slow_open(settings: Any) -> Any:
+        opening.set()
+        assert release.wait(10)
+        return real_open(settings)
+
+    monkeypatch.setattr(state, "open_store", slow_open)
+    slow = load_settings(api_key="sk-or-v1-slow")
+    made: list[Any] = []
+    threads = [threading.Thread(target=lambda: made.append(provider._router(slow))) for _ in "ab"]
+    for thread in threads:
+        thread.start()
+    assert opening.wait(10)
+    try:
+        assert provider._router(known) is router  # while the other key's store is opening
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(10)
+    assert len(made) == 2 and made[0] is made[1]
