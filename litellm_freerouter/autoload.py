@@ -57,6 +57,7 @@ MODEL_INFO: dict[str, Any] = {
     "supports_vision": True,
     "supports_response_schema": True,
     "supports_reasoning": True,
+    "supports_assistant_prefill": True,
 }
 
 # The settings aider gives the capable free models it knows (deepseek-chat-v3:free and the

@@ -94,6 +94,9 @@ class UpstreamError(FreeRouterError):
         )
         super().__init__(f"{failure.model}: {failure.message}" if named else failure.message)
         self.failure = failure
+        # The answer broke off after freerouter had already carried it on, or could not: a
+        # retry would spend the quota again on the same breaks (see _final).
+        self.final = False
 
 
 class StreamStalled(UpstreamError):
@@ -427,10 +430,10 @@ def to_litellm(exc: BaseException, *, model: str = "auto") -> Exception:
         return litellm.ServiceUnavailableError(
             message=str(exc), llm_provider=provider, model=model, response=response(503)
         )
-    if isinstance(exc, StreamStalled):
+    if isinstance(exc, StreamStalled) and not exc.final:
         return litellm.Timeout(message=str(exc), model=model, llm_provider=provider)
     if isinstance(exc, UpstreamError):
-        return _failure_to_litellm(exc.failure, str(exc), model, response)
+        return _failure_to_litellm(exc.failure, str(exc), model, response, final=exc.final)
     if isinstance(exc, AllModelsFailed):
         from . import _final as final  # several models were tried: a retry would only spend
 
@@ -455,19 +458,26 @@ def to_litellm(exc: BaseException, *, model: str = "auto") -> Exception:
     return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
 
 
-def _failure_to_litellm(failure: Failure, message: str, model: str, response: Any) -> Exception:
+def _failure_to_litellm(
+    failure: Failure, message: str, model: str, response: Any, *, final: bool = False
+) -> Exception:
     from litellm import exceptions as litellm
 
+    from . import _final
+
+    # ``final``: the no-retry subclasses where a retrying caller would retry.
+    retried: Any = _final if final else litellm
     provider = "freerouter"
     kind = failure.kind
     if kind == "auth":
         return litellm.AuthenticationError(message=message, llm_provider=provider, model=model)
-    if kind == "daily_quota" and failure.scope == "account":
-        from . import _final as final  # nothing will be sent until the reset
-
-        return final.RateLimitError(message=message, llm_provider=provider, model=model)
+    if kind == "daily_quota" and failure.scope == "account":  # nothing is sent until the reset
+        return _final.RateLimitError(message=message, llm_provider=provider, model=model)
     if kind in ("daily_quota", "minute_limit", "rate_limited"):
-        return litellm.RateLimitError(message=message, llm_provider=provider, model=model)
+        error: Exception = retried.RateLimitError(
+            message=message, llm_provider=provider, model=model
+        )
+        return error
     if kind == "privacy":
         return litellm.NotFoundError(message=message, model=model, llm_provider=provider)
     if kind == "credits":
@@ -479,7 +489,9 @@ def _failure_to_litellm(failure: Failure, message: str, model: str, response: An
     if kind in ("rejected", "unsupported", "moderation", "too_large"):
         return litellm.BadRequestError(message=message, model=model, llm_provider=provider)
     if kind in ("slow", "stalled"):
-        return litellm.Timeout(message=message, model=model, llm_provider=provider)
-    return litellm.ServiceUnavailableError(
+        error = retried.Timeout(message=message, model=model, llm_provider=provider)
+        return error
+    error = retried.ServiceUnavailableError(
         message=message, llm_provider=provider, model=model, response=response(503)
     )
+    return error

@@ -87,7 +87,9 @@ class Resumed(Event):
     delivered: int  # characters of content already delivered
     restart: bool  # True: the answer starts afresh (nothing had reached the caller)
 
-    level = logging.WARNING
+    # Mended, not a problem: at INFO it stays out of a caller's output (aider printed it in
+    # the middle of the answer it was streaming); a failure to mend it is the caller's error.
+    level = logging.INFO
 
     def message(self) -> str:
         how = (

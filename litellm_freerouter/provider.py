@@ -52,6 +52,10 @@ MODEL_INFO: dict[str, Any] = {
     "supports_vision": True,
     "supports_response_schema": True,
     "supports_reasoning": True,
+    # An answer cut short by a free model's output limit can be continued: a final assistant
+    # message is a prefill OpenRouter passes on (freerouter carries broken answers on the same
+    # way). aider then goes on where the answer stopped ("infinite output").
+    "supports_assistant_prefill": True,
 }
 
 # Parameters litellm hands us that are not for the upstream body.

@@ -797,6 +797,7 @@ class Router:
                 return
             except _MidAnswer as broken:
                 if spent.breaks >= settings.resume or tool_calls:
+                    broken.error.final = spent.breaks > 0  # carried on already: do not retry
                     raise broken.error from None
                 spent.broke(broken.model)
                 first_break = first_break or broken.error
@@ -825,6 +826,7 @@ class Router:
                 return await self._complete_once(body, settings, request_id, spent)
             except _MidAnswer as broken:
                 if spent.breaks >= settings.resume:
+                    broken.error.final = spent.breaks > 0  # started afresh already: no retry
                     raise broken.error from None
                 spent.broke(broken.model)
                 first_break = first_break or broken.error
@@ -918,4 +920,6 @@ def _carry_on_failed(broken: UpstreamError, exc: FreeRouterError) -> UpstreamErr
     that litellm maps it the same way), saying why it could not be mended."""
     failure = broken.failure
     message = f"{failure.message}; no other model could carry the answer on: {exc}"
-    return type(broken)(dataclasses.replace(failure, message=message))
+    error = type(broken)(dataclasses.replace(failure, message=message))
+    error.final = True  # a retry would meet the same models, spending the quota again
+    return error

@@ -369,8 +369,12 @@ RETRIED_BY_CLASS = {
         (FAULTS[0].script, litellm.RateLimitError),  # the day's quota is used up
         ({"status": 503}, litellm.ServiceUnavailableError),  # every model tried failed
         ({"stall_before_first_token": True}, litellm.Timeout),  # every model tried was slow
+        # The answer broke off and no other model could carry it on (aider retried these,
+        # printing the partial answer again and spending up to 6 requests each time).
+        ({"chunks": ("a", "b", "c"), "drop_after_chunks": 1}, litellm.ServiceUnavailableError),
+        ({"chunks": ("a", "b", "c"), "stall_after_chunks": 1}, litellm.Timeout),
     ],
-    ids=["daily-quota", "all-failed", "all-slow"],
+    ids=["daily-quota", "all-failed", "all-slow", "broke-off", "went-quiet"],
 )
 async def test_an_error_a_retry_cannot_help_is_not_retried_by_exact_class(
     upstream: Upstream, mode: str, stream: bool, script: dict[str, Any], expected: type

@@ -50,7 +50,7 @@ def test_stream_is_carried_on_from_what_was_delivered(
             ModelScript("steady/b:free", chunks=WORDS, first_token_delay=0.4),
         ]
     )
-    with caplog.at_level(logging.WARNING, logger="litellm_freerouter"):
+    with caplog.at_level(logging.INFO, logger="litellm_freerouter"):
         text, chunks = stream_text(race_width=2, idle_timeout=0.3)
     assert text == ANSWER
     # Each chunk names the model that wrote it.
