@@ -430,8 +430,6 @@ def to_litellm(exc: BaseException, *, model: str = "auto") -> Exception:
         return litellm.ServiceUnavailableError(
             message=str(exc), llm_provider=provider, model=model, response=response(503)
         )
-    if isinstance(exc, StreamStalled) and not exc.final:
-        return litellm.Timeout(message=str(exc), model=model, llm_provider=provider)
     if isinstance(exc, UpstreamError):
         return _failure_to_litellm(exc.failure, str(exc), model, response, final=exc.final)
     if isinstance(exc, AllModelsFailed):
@@ -461,23 +459,21 @@ def to_litellm(exc: BaseException, *, model: str = "auto") -> Exception:
 def _failure_to_litellm(
     failure: Failure, message: str, model: str, response: Any, *, final: bool = False
 ) -> Exception:
+    """litellm's class for ``failure``; ``final``: the no-retry subclass (see _final) where a
+    caller retrying by class would retry."""
     from litellm import exceptions as litellm
 
     from . import _final
 
-    # ``final``: the no-retry subclasses where a retrying caller would retry.
-    retried: Any = _final if final else litellm
     provider = "freerouter"
     kind = failure.kind
     if kind == "auth":
         return litellm.AuthenticationError(message=message, llm_provider=provider, model=model)
-    if kind == "daily_quota" and failure.scope == "account":  # nothing is sent until the reset
-        return _final.RateLimitError(message=message, llm_provider=provider, model=model)
     if kind in ("daily_quota", "minute_limit", "rate_limited"):
-        error: Exception = retried.RateLimitError(
-            message=message, llm_provider=provider, model=model
-        )
-        return error
+        # After an account's daily 429 nothing is sent until the reset: never worth a retry.
+        spent = kind == "daily_quota" and failure.scope == "account"
+        rate_limit = _final.RateLimitError if final or spent else litellm.RateLimitError
+        return rate_limit(message=message, llm_provider=provider, model=model)
     if kind == "privacy":
         return litellm.NotFoundError(message=message, model=model, llm_provider=provider)
     if kind == "credits":
@@ -489,9 +485,7 @@ def _failure_to_litellm(
     if kind in ("rejected", "unsupported", "moderation", "too_large"):
         return litellm.BadRequestError(message=message, model=model, llm_provider=provider)
     if kind in ("slow", "stalled"):
-        error = retried.Timeout(message=message, model=model, llm_provider=provider)
-        return error
-    error = retried.ServiceUnavailableError(
-        message=message, llm_provider=provider, model=model, response=response(503)
-    )
-    return error
+        timeout = _final.Timeout if final else litellm.Timeout
+        return timeout(message=message, model=model, llm_provider=provider)
+    unavailable = _final.ServiceUnavailableError if final else litellm.ServiceUnavailableError
+    return unavailable(message=message, llm_provider=provider, model=model, response=response(503))
