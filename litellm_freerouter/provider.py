@@ -84,14 +84,13 @@ def client_body(litellm_params: Mapping[str, Any] | None) -> Mapping[str, Any] |
     return body if isinstance(body, Mapping) else None
 
 
-def client_tunables(litellm_params: Mapping[str, Any] | None) -> list[str]:
-    """The tunables a LiteLLM proxy client put in its request body.
+def client_tunables(body: Mapping[str, Any] | None) -> list[str]:
+    """The tunables a LiteLLM proxy client put in its request ``body`` (see client_body).
 
     The proxy merges a request's extra fields over the config's ``litellm_params``, so anyone
     holding a virtual key could otherwise widen races (spending the account's daily quota) or
     stretch cooldowns that every other caller shares.
     """
-    body = client_body(litellm_params)
     return [] if body is None else [name for name in TUNABLES if name in body]
 
 
@@ -115,7 +114,8 @@ def prepare(
             f" models) and {HEDGED_MODEL_NAME} (one at a time, the next only when it runs late)"
         )
     optional_params = optional_params or {}
-    sent = client_tunables(litellm_params)
+    proxied = client_body(litellm_params)  # None unless a LiteLLM proxy serves the call
+    sent = client_tunables(proxied)
     if sent:
         from .errors import ConfigurationError
 
@@ -131,7 +131,7 @@ def prepare(
     settings = load_settings(overrides, api_key=api_key, api_base=api_base)
     if model == HEDGED and settings.hedge_delay == 0:
         settings = dataclasses.replace(settings, hedge_delay="auto")
-    if not settings.api_key and client_body(litellm_params) is not None:
+    if not settings.api_key and proxied is not None:
         from .errors import ServerKeyMissing
 
         raise ServerKeyMissing(
@@ -179,6 +179,11 @@ MAX_ROUTERS = 32
 _leases: dict[int, int] = {}  # id(router): requests using it now
 
 
+def _lease(router: Router) -> None:
+    """Count one more request using ``router``. Call with the lock held."""
+    _leases[id(router)] = _leases.get(id(router), 0) + 1
+
+
 @contextlib.contextmanager
 def _leased(settings: Settings) -> Iterator[Router]:
     """The router for ``settings``, not closed while this request uses it."""
@@ -212,7 +217,7 @@ def _router(settings: Settings, *, lease: bool = False) -> Router:
             routers[key] = made
             eng.on_close(made.aclose)
             if lease:
-                _leases[id(made)] = _leases.get(id(made), 0) + 1
+                _lease(made)
             return made
     # Another thread made this key's router meanwhile: this one goes.
     asyncio.run_coroutine_threadsafe(made.aclose(), eng.loop)
@@ -228,7 +233,7 @@ def _take(
     if router is not None:
         routers[key] = router  # the most recently used, last
         if lease:
-            _leases[id(router)] = _leases.get(id(router), 0) + 1
+            _lease(router)
     return router
 
 
