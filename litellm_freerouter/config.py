@@ -142,7 +142,7 @@ class Settings:
                 "No OpenRouter API key: set OPENROUTER_API_KEY, or pass api_key=...; create"
                 " one for free at https://openrouter.ai/keys"
             )
-        if any(ch.isspace() or not ch.isprintable() for ch in self.api_key):
+        if _blank_or_control(self.api_key):
             # Never sent: it could not go into a header, and every model would seem unreachable.
             raise MalformedKeyError(
                 "The OpenRouter API key has a space or control character inside it (pasted with"
@@ -263,7 +263,7 @@ def api_base_problem(url: Any) -> str | None:
     shown = repr(url)
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         return f"api_base must be an http(s) URL, like {DEFAULT_API_BASE}, got {shown}"
-    if any(ch.isspace() or not ch.isprintable() for ch in url):
+    if _blank_or_control(url):
         return f"api_base holds a blank or control character: {shown}"
     if parts.query or parts.fragment or url.endswith(("?", "#")):
         return f"api_base must not have a query or fragment: {shown}"
@@ -273,6 +273,12 @@ def api_base_problem(url: Any) -> str | None:
             f" got {shown}"
         )
     return None
+
+
+def _blank_or_control(text: str) -> bool:
+    """Whether ``text`` holds a blank or a control character (a key or URL never does: one
+    pasted with another line, or a space, cannot go into a request line or header)."""
+    return any(ch.isspace() or not ch.isprintable() for ch in text)
 
 
 def _stripped(value: str | None) -> str | None:

@@ -34,11 +34,10 @@ class Requirements:
         model's supported parameters), image input (``image`` among its input modalities),
         audio input (``audio`` among them), file input (``file`` among them), structured
         output (``structured_outputs`` supported for a JSON schema; it or ``response_format``
-        for JSON mode), a context
-        window holding the prompt plus the answer's room, and an output limit holding the
-        answer's room. A model whose supported parameters are unknown (an empty list) is given
-        the benefit of the doubt for tools and structured output; an unknown context length or
-        output limit rules nothing out.
+        for JSON mode), a context window holding the prompt plus the answer's room, and an
+        output limit holding the answer's room. A model whose supported parameters are unknown
+        (an empty list) is given the benefit of the doubt for tools and structured output; an
+        unknown context length or output limit rules nothing out.
         """
         params = model.supported_parameters
         if self.tools and params and "tools" not in params:
@@ -48,8 +47,8 @@ class Requirements:
         if self.audio and "audio" not in model.input_modalities:
             return "audio input"
         if self.files and "file" not in model.input_modalities:
-            # Not for a model that reads files itself, OpenRouter parses them, and the parser
-            # it picks may be billed (its OCR engine): only models that read them natively.
+            # For a model that cannot read a file itself OpenRouter parses it, and the parser
+            # it picks may be billed (its OCR engine): only models that read files natively.
             return "file input"
         if self.structured_output and params:
             offered = {"structured_outputs"} if self.json_schema else _JSON_MODE
