@@ -149,16 +149,11 @@ def body_problem(body: Mapping[str, Any]) -> str | None:
         found = _non_finite(body)
     except RecursionError:
         return "the request is nested too deeply to be sent as JSON"
-    for check in (
-        misspelt_setting,
-        _paid,
-        _messages,
-        _tools,
-        _numbers,
-        _response_format,
-        _encodable,
-    ):
-        found = found or check(body)
+    checks = (misspelt_setting, _paid, _messages, _tools, _numbers, _response_format, _encodable)
+    for check in checks:
+        if found is not None:
+            return found
+        found = check(body)
     return found
 
 

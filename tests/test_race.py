@@ -122,20 +122,26 @@ async def test_a_first_token_in_the_turn_the_race_is_cancelled_still_closes(
     assert [r.outcome for r in upstream.sim.requests] == ["client_closed"]
 
 
+def _unsent_contender(model_id: str, idle_timeout: float | None = None) -> Contender:
+    """A contender that never sends: no session, so a test sets its response, or it is
+    refused before it would be used."""
+    return Contender(
+        FreeModel(model_id),
+        session=None,  # type: ignore[arg-type]
+        url="",
+        headers={},
+        body=b"",
+        started=0.0,
+        idle_timeout=idle_timeout,
+    )
+
+
 @pytest.mark.parametrize("model_id", ["openai/gpt-4o", "x/y:free ", "x/y:free:extended"])
 def test_a_contender_for_a_paid_model_cannot_be_made(model_id: str) -> None:
     """The last guard, right before each request: whatever the catalogue or a caller says, a
     contender is only ever made for an id that ends in ':free'."""
     with pytest.raises(ValueError, match="it is not a free model"):
-        Contender(
-            FreeModel(model_id),
-            session=None,  # type: ignore[arg-type]  # refused before it is used
-            url="http://127.0.0.1:9/api/v1/chat/completions",
-            headers={},
-            body=b"{}",
-            started=0.0,
-            idle_timeout=None,
-        )
+        _unsent_contender(model_id)
 
 
 async def test_a_dropped_contender_is_closed_before_its_replacement_starts(
@@ -213,15 +219,7 @@ async def test_a_read_that_lands_after_the_idle_timer_fired_still_ends_in_a_stal
     anyway: that chunk is delivered, but the answer has not ended, so it is a stall (which
     another model carries on), never an answer cut short that looks whole."""
     idle = 0.2
-    contender = Contender(
-        FreeModel("m/a:free"),
-        session=None,  # type: ignore[arg-type]  # the response is set below
-        url="",
-        headers={},
-        body=b"",
-        started=0.0,
-        idle_timeout=idle,
-    )
+    contender = _unsent_contender("m/a:free", idle_timeout=idle)  # its response is set below
     # The second read is still under way when the idle timer runs out and closes the stream,
     # and returns its data after all (as a read already in flight can).
     contender._response = _ScriptedResponse(  # type: ignore[assignment]

@@ -26,7 +26,13 @@ import pytest
 import yaml
 
 from litellm_freerouter.config import TUNABLES, load_settings
-from litellm_freerouter.simulator import ModelScript, RecordedRequest, Simulator, SimulatorThread
+from litellm_freerouter.simulator import (
+    ModelScript,
+    RecordedRequest,
+    Simulator,
+    SimulatorThread,
+    words,
+)
 
 from .proxy_harness import (
     EXAMPLE_CONFIG,
@@ -50,27 +56,22 @@ PROMPT_TOKENS = 17
 DISCONNECT_DEADLINE = 10.0
 
 
-def _words(text: str) -> tuple[str, ...]:
-    first, *rest = text.split(" ")
-    return (first, *(" " + word for word in rest))
-
-
 SWIFT = ModelScript(
     "acme/swift-8b:free",
     first_token_delay=0.2,
-    chunks=_words("The swift model answers first."),
+    chunks=words("The swift model answers first."),
     prompt_tokens=PROMPT_TOKENS,
 )
 STEADY = ModelScript(
     "acme/steady-24b:free",
     first_token_delay=1.0,
-    chunks=_words("A steady model takes its time."),
+    chunks=words("A steady model takes its time."),
     prompt_tokens=PROMPT_TOKENS,
 )
 SLOW = ModelScript(
     "acme/slow-70b:free",
     first_token_delay=1.5,
-    chunks=_words("The slow model would have said this."),
+    chunks=words("The slow model would have said this."),
     prompt_tokens=PROMPT_TOKENS,
 )
 SCRIPTS = (SWIFT, STEADY, SLOW)
@@ -78,7 +79,7 @@ TEXT = {script.id: "".join(script.chunks) for script in SCRIPTS}
 PIECES = {script.id: len(script.chunks) for script in SCRIPTS}
 
 # Varied words: litellm aborts a stream that repeats one chunk too often.
-LONG = _words(" ".join(f"word{i}" for i in range(200)))
+LONG = words(" ".join(f"word{i}" for i in range(200)))
 
 
 @dataclass
