@@ -40,6 +40,8 @@ from tier import (
     oracle,
 )
 
+from litellm_freerouter.router import HEDGE_QUANTILE
+
 # A request that has not finished after this many simulated seconds counts as failed.
 REQUEST_DEADLINE = 180.0
 
@@ -558,7 +560,11 @@ def _informed_lines(tier: Tier, workload: Workload) -> list[dict[str, Any]]:
     lines = []
     for name, label, hedge in (
         ("informed_race", "perfect knowledge, race of 3 (computed, no client)", None),
-        ("informed_hedged", "perfect knowledge, hedged at p90 (computed, no client)", 0.9),
+        (
+            "informed_hedged",
+            f"perfect knowledge, hedged at p{HEDGE_QUANTILE * 100:.0f} (computed, no client)",
+            HEDGE_QUANTILE,
+        ),
     ):
         rows = informed(tier, workload, width=3, hedge_quantile=hedge)
         ttfts = [r.ttft for r in rows if r.ttft is not None]

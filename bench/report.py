@@ -326,7 +326,7 @@ def _freetier_section(ft: dict[str, Any]) -> list[str]:
         "spread, error and stall rates, per-minute limit and outages (nothing a real router "
         "can know in advance), ranks models as freerouter's score does, and races the best 3 "
         "that are up and under their limit, replacing each failure at once; *hedged* starts "
-        "one and adds the next when the last one started passes the 90th percentile of its "
+        "one and adds the next when the last one started passes the 95th percentile of its "
         "own first-token time. It meets the same draws as every policy.",
         "",
         "First-token percentiles are over the answers that arrived; success means the whole "
@@ -416,7 +416,7 @@ def _freetier_reading(ft: dict[str, Any]) -> list[str]:
         f"{fmt(hedged['p99'])} s. On the 50-a-day account that is "
         f"{race['quota_answers']} against {hedged['quota_answers']} answers out of "
         f"{race['quota_requests']}: with 50 or fewer free requests left, hedging waits for the "
-        "leader's 99th percentile rather than its 90th, so fewer requests go to hedges that "
+        "leader's 99th percentile rather than its 95th, so fewer requests go to hedges that "
         "lose.",
         "",
         "**Reading.**",

@@ -42,13 +42,14 @@ SHIFT_AFTER = 3
 SHIFT = 2.0
 # Until a model has won this many of its last races, its quantiles are too rough to go by:
 # its expected time is a moving average of what it showed (its prior before that), and a
-# hedge waits a multiple of that instead of its 90th percentile.
+# hedge waits a multiple of that instead of its 95th percentile.
 QUANTILES_FROM = 3
-# A quantile further out than SAMPLES races can show (the 99th: of 32 times the largest is about
-# the 97th percentile, of three about the 75th) is never taken below a lognormal's, fitted to
-# the times with TAIL_PRIOR_WEIGHT races' worth of a log-spread of TAIL_PRIOR_SPREAD (free
-# models show 0.35-0.9). With many times of a steady model the fit narrows to what they show;
-# a heavy tail they show still stands.
+# A quantile further out than a model's races can show (of n races, past 1 - 1/n: the 95th
+# needs 20, the 99th more than a window of 32 holds; of 32 times the largest is about the 97th
+# percentile, of three about the 75th) is never taken below a lognormal's, fitted to the times
+# with TAIL_PRIOR_WEIGHT races' worth of a log-spread of TAIL_PRIOR_SPREAD (free models show
+# 0.35-0.9). With many times of a steady model the fit narrows to what they show; a heavy tail
+# they show still stands. So a model with few races is not hedged at the largest of them.
 TAIL_PRIOR_SPREAD = 0.7
 TAIL_PRIOR_WEIGHT = 3.0
 # Seconds a failed attempt is taken to cost, in ranking (a new contender must start).
@@ -131,11 +132,11 @@ class ModelStats:
 
         Lost races count as lower bounds (Kaplan-Meier): a model is measured only when it wins,
         and leaving out the times it was overtaken while still silent would make its slow tail
-        look shorter than it is. Further out than ``SAMPLES`` races can show, it is never below
-        the lognormal estimate (``TAIL_PRIOR_SPREAD``).
+        look shorter than it is. Further out than its races can show (past ``1 - 1/n`` of
+        ``n``), it is never below the lognormal estimate (``TAIL_PRIOR_SPREAD``).
         """
         measured = _quantile(self.samples, q)
-        if measured is None or q <= 1.0 - 1.0 / SAMPLES:
+        if measured is None or q <= 1.0 - 1.0 / len(self.samples):
             return measured
         return max(measured, _lognormal_quantile(self.ttft, q))
 
