@@ -122,10 +122,14 @@ class NoCapableModel(FreeRouterError):
 
 
 class AllModelsFailed(FreeRouterError):
-    """Every model tried for this request failed; ``failures`` says how."""
+    """Every model tried for this request failed; ``failures`` says how, ``left_out`` (when
+    given) why the other free models were not tried."""
 
-    def __init__(self, failures: Sequence[Failure], *, cap: int | None = None) -> None:
+    def __init__(
+        self, failures: Sequence[Failure], *, cap: int | None = None, left_out: str = ""
+    ) -> None:
         self.failures = tuple(failures)
+        self.left_out = left_out
         shown = "; ".join(f.describe() for f in self.failures[:6])
         more = f"; and {len(self.failures) - 6} more" if len(self.failures) > 6 else ""
         why = (
@@ -143,7 +147,7 @@ class AllModelsFailed(FreeRouterError):
             return
         super().__init__(
             f"all {len(self.failures)} free models tried for this request failed{why}:"
-            f" {shown}{more}"
+            f" {shown}{more}{f'; {left_out}' if left_out else ''}"
         )
 
 

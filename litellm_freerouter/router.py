@@ -523,6 +523,54 @@ class Router:
             next_ready_in=wait,
         )
 
+    def _left_out(
+        self, body: Mapping[str, Any], tried: set[str], minute_frees_in: float | None = None
+    ) -> str:
+        """Why the free models this request did not try were left out, for its final error
+        ("" when none were): a person reading "all 2 tried failed" should know the other 30
+        are cooling down, not that there were only 2. ``minute_frees_in``: the account's
+        minute held the ready ones back."""
+        needs = requirements_of(body)
+        unable: dict[str, int] = {}
+        cooling = at_limit = ready = 0
+        waits: list[float] = []
+        for model in self.catalog.models or ():
+            if model.id in tried:
+                continue
+            reason = needs.unmet_by(model)
+            if reason is not None:
+                unable[reason] = unable.get(reason, 0) + 1
+                continue
+            back = self.health.back_in(model.id)
+            if back <= 0:
+                ready += 1
+            elif self.health.cooling_for(model.id) > 0:
+                cooling += 1
+                waits.append(back)
+            else:
+                at_limit += 1
+                waits.append(back)
+        parts = []
+        if cooling:
+            parts.append(f"{cooling} cooling down")
+        if at_limit:
+            parts.append(f"{at_limit} at their per-minute limit")
+        if waits:
+            parts[-1] += f" (the first back in {min(waits):.0f} s)"
+        if ready:
+            held = (
+                f" (the account's free requests a minute are used up; the minute frees in"
+                f" {minute_frees_in:.0f} s)"
+                if minute_frees_in is not None
+                else ""
+            )
+            parts.append(f"{ready} not tried{held}")
+        if unable:
+            needed = ", ".join(unable)
+            parts.append(f"{sum(unable.values())} unable to serve this request ({needed})")
+        others = cooling + at_limit + ready + sum(unable.values())
+        return f"the other {others} were left out: {', '.join(parts)}" if parts else ""
+
     async def _ready_or_wait(
         self,
         body: Mapping[str, Any],
@@ -674,7 +722,7 @@ class Router:
                     # (a RateLimitError a caller may retry), not the cap.
                     raise self._account_stop(minute_stop)
                 # Failed contenders, or earlier races of an answer carried on, used them all.
-                raise AllModelsFailed(failures, cap=cap)
+                raise AllModelsFailed(failures, cap=cap, left_out=self._left_out(body, tried))
             limit = settings.requests_per_minute
             if failures and limit:
                 # Models already failed this request, and the account's minute is full: the
@@ -682,14 +730,15 @@ class Router:
                 wait = self.health.minute_frees_in(limit)
                 if wait > 0:
                     if loop.time() + wait > deadline:
-                        raise AllModelsFailed(failures)
+                        raise AllModelsFailed(failures, left_out=self._left_out(body, tried, wait))
                     events.emit(events.Waiting(request_id, wait, 0))
                     await asyncio.sleep(wait)
             try:
                 ready = await self._ready_or_wait(body, settings, request_id, tried, deadline)
             except NoModelAvailable:
                 if failures:  # models failed this request, and no other returns in time
-                    raise AllModelsFailed(failures) from None
+                    left_out = self._left_out(body, tried)
+                    raise AllModelsFailed(failures, left_out=left_out) from None
                 raise
             self._watch_quota(api_key)
             room = self._room(settings)

@@ -17,7 +17,7 @@ from litellm_freerouter.health import Health
 from litellm_freerouter.router import HEDGE_FLOOR, Router, conversation_key
 from litellm_freerouter.simulator import ModelScript
 
-from .conftest import Upstream, env_router, fast
+from .conftest import Upstream, cool_once_listed, env_router, fast
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
@@ -871,3 +871,27 @@ def test_races_the_accounts_minute_cuts_short_end_in_its_rate_limit_error(
         ask(wait_for_model=5)
     assert not isinstance(caught.value, litellm.ServiceUnavailableError)
     assert len(upstream.sim.requests) == 6
+
+
+def test_all_failed_says_why_the_other_models_were_left_out(upstream: Upstream) -> None:
+    """An error saying "all 2 tried failed" reads as if there were only 2: it also counts the
+    others and why none was tried (cooling down, and till when; unable to serve the request)."""
+    upstream.sim.set_models(
+        [
+            *(ModelScript(f"down/{i}:free", context_length=1000 + i, status=503) for i in range(2)),
+            *(fast(f"resting/{i}:free", "late", context_length=2000 + i) for i in range(2)),
+            fast("plain/a:free", "no tools", context_length=3000, supported_parameters=TEXT_ONLY),
+        ]
+    )
+    stops = [cool_once_listed(f"resting/{i}:free", 40) for i in range(2)]
+    try:
+        with pytest.raises(litellm.ServiceUnavailableError) as info:
+            ask(tools=TOOLS, wait_for_model=0)
+    finally:
+        for stop in stops:
+            stop()
+    message = str(info.value)
+    assert "all 2 free models tried for this request failed" in message
+    left_out = "the other 3 were left out: 2 cooling down (the first back in 40 s)"
+    assert f"{left_out}, 1 unable to serve this request (tool use)" in message, message
+    assert sorted(upstream.sim.called_models()) == ["down/0:free", "down/1:free"]
