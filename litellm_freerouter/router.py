@@ -64,6 +64,9 @@ HEDGE_FLOOR = 0.05
 # credits), a lost hedge costs 2% of the day or more: a hedge then waits for the first choice's
 # 99th percentile (before three measurements, sigma 0.6 at z = 2.33: 4.0x its expected time).
 SCARCE_QUOTA = 50
+# The first race of a router waits this long at most for the key's first quota read (started
+# with the model list's fetch): a race sized blind could spend more than a low quota has left.
+QUOTA_FIRST_WAIT = 1.5
 HEDGE_QUANTILE_SCARCE = 0.99
 HEDGE_UNMEASURED_SCARCE = 4.0
 
@@ -167,6 +170,7 @@ class Router:
         self._paced_notice = False
         self._quota_task: asyncio.Task[Any] | None = None
         self._quota_read_at = 0.0  # time.monotonic() of the last /key read
+        self._quota_awaited = False  # a race has waited for the first /key read (or given up)
         self._endpoints_task: asyncio.Task[None] | None = None
         self.api_key: str | None = None  # the key of the latest request, for /endpoints
         # A list preloaded from the state store that this key has no latency figures for:
@@ -295,6 +299,21 @@ class Router:
 
         if self._quota_due():
             self._soon_at_home(start)
+
+    async def _await_first_quota(self) -> None:
+        """Before the first race, while the quota is unknown: wait for the /key read already
+        started, at most ``QUOTA_FIRST_WAIT`` seconds, so the race is sized by what is left (a
+        slow or failing read only delays this one race, once). Later races never wait."""
+        if self._quota_awaited or self.health.quota_remaining() is not None:
+            return
+
+        async def wait() -> None:
+            task = self._quota_task
+            if task is not None and not task.done():
+                await asyncio.wait({task}, timeout=QUOTA_FIRST_WAIT)  # never cancels the read
+
+        await self._at_home(wait)
+        self._quota_awaited = True
 
     def _on_catalog(self, models: Sequence[FreeModel]) -> None:
         """A new list: learn each model's serving provider and latency in the background."""
@@ -733,6 +752,7 @@ class Router:
                         raise AllModelsFailed(failures, left_out=self._left_out(body, tried, wait))
                     events.emit(events.Waiting(request_id, wait, 0))
                     await asyncio.sleep(wait)
+            self._watch_quota(api_key)  # the first read runs beside the model list's fetch
             try:
                 ready = await self._ready_or_wait(body, settings, request_id, tried, deadline)
             except NoModelAvailable:
@@ -740,7 +760,7 @@ class Router:
                     left_out = self._left_out(body, tried)
                     raise AllModelsFailed(failures, left_out=left_out) from None
                 raise
-            self._watch_quota(api_key)
+            await self._await_first_quota()
             room = self._room(settings)
             budget = max(1, left if room is None else min(room, left))
             width = self._width(settings)

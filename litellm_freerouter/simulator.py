@@ -439,6 +439,8 @@ class Simulator:
         self.time_scale = time_scale
         self.models_status = 200
         self.models_delay = 0.0
+        self.key_status = 200  # of GET /key
+        self.key_delay = 0.0
         # Optional: how a model behaves for one request body (its script and the body in, the
         # script to play out): for tests whose upstream must answer requests differently.
         self.per_request: Callable[[ModelScript, dict[str, Any]], ModelScript] | None = None
@@ -623,8 +625,14 @@ class Simulator:
         return web.Response(body=_dumps({"data": data}), content_type="application/json")
 
     async def _key(self, request: web.Request) -> web.Response:
+        try:
+            await self._pause(request, self.key_delay)
+        except _Abort:
+            return _error(503, _DEFAULT_MESSAGES[503])  # the server is shutting down
         if self.api_key is not None and not self._authorized(request):
             return _error(401, _DEFAULT_MESSAGES[401])
+        if self.key_status != 200:
+            return _error(self.key_status, _DEFAULT_MESSAGES.get(self.key_status, "Error"))
         data: dict[str, Any] = {"label": "sim", "limit": None, "usage": 0, "is_free_tier": True}
         if self.daily_quota is not None:
             data["free_model_daily_requests"] = {

@@ -11,6 +11,7 @@ import litellm
 import pytest
 
 from litellm_freerouter import engine, events
+from litellm_freerouter import router as router_module
 from litellm_freerouter.catalog import FreeModel
 from litellm_freerouter.config import Settings
 from litellm_freerouter.health import Health
@@ -280,10 +281,10 @@ def test_daily_quota_is_spent_and_then_held(upstream: Upstream) -> None:
             for i in range(3)
         ]
     )
-    ask(race_width=3)  # spends 3
+    ask(race_width=3, quota_reserve=0)  # spends 3 (no reserve: 3 left, 3 raced)
     assert upstream.sim.quota_used == 3
     with pytest.raises(litellm.RateLimitError, match=r"free daily quota used; resets at 00:00 UTC"):
-        ask(race_width=3)
+        ask(race_width=3, quota_reserve=0)
     held = [{"role": "user", "content": "held back"}]
     for _ in range(3):
         with pytest.raises(litellm.RateLimitError, match="10 USD"):
@@ -448,9 +449,13 @@ def _settled() -> None:
     engine.get_engine().submit(r.settle(5)).result(10)
 
 
-def test_requests_sent_before_the_quota_was_known_are_counted(upstream: Upstream) -> None:
-    """The first race starts beside the /key read: its requests are taken off the count
-    that read gives, which may be low by a race but never high."""
+def test_requests_sent_before_the_quota_was_known_are_counted(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first race that stopped waiting for a slow /key read starts beside it: its requests
+    are taken off the count that read gives, which may be low by a race but never high."""
+    monkeypatch.setattr(router_module, "QUOTA_FIRST_WAIT", 0.05)
+    upstream.sim.key_delay = 0.5
     upstream.sim.daily_quota = 50
     upstream.sim.set_models(
         [fast(f"m/{i}:free", "hi", delay=0.2, context_length=1000 + i) for i in range(3)]
@@ -461,6 +466,37 @@ def test_requests_sent_before_the_quota_was_known_are_counted(upstream: Upstream
     assert truth == 47
     remaining = env_router().health.quota_remaining()
     assert remaining is not None and truth - 3 <= remaining <= truth
+
+
+def test_the_first_race_is_sized_by_the_quota_it_waited_for(upstream: Upstream) -> None:
+    """With 2 free requests left, the first request of a fresh state waits for the /key read
+    and races one model (below the reserve), rather than three of which one would be the
+    day's 429 that holds every call until midnight."""
+    upstream.sim.daily_quota = 2
+    upstream.sim.set_models(
+        [fast(f"m/{i}:free", "hi", delay=0.2, context_length=1000 + i) for i in range(3)]
+    )
+    assert ask(race_width=3).choices[0].message.content == "hi"
+    assert len(upstream.sim.requests) == 1
+    assert env_router().health.account_block() is None
+
+
+@pytest.mark.parametrize(("delay", "status"), [(30.0, 200), (0.0, 500)])
+def test_a_slow_or_failing_quota_read_holds_the_first_request_up_briefly_at_most(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch, delay: float, status: int
+) -> None:
+    """/key answering late, or with an error, delays the first race by QUOTA_FIRST_WAIT at
+    most and fails nothing; the next request does not wait for it again."""
+    monkeypatch.setattr(router_module, "QUOTA_FIRST_WAIT", 0.1)
+    upstream.sim.key_delay = delay
+    upstream.sim.key_status = status
+    upstream.sim.daily_quota = 50
+    upstream.sim.set_models([fast("m/a:free", "hi", context_length=1000)])
+    started = time.monotonic()
+    assert ask().choices[0].message.content == "hi"
+    assert ask().choices[0].message.content == "hi"
+    assert time.monotonic() - started < 10  # not the 30 s a slow /key takes
+    assert env_router().health.quota_remaining() is None
 
 
 def test_the_quota_is_read_again_every_refresh_interval(upstream: Upstream) -> None:
