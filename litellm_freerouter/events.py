@@ -120,6 +120,15 @@ class Waiting(Event):
     request_id: str
     seconds: float  # until the first of the cooling models returns, or the account's minute
     cooling: int  # models that could serve the request and have not failed it; 0: the account
+    # Part of the answer has reached the caller already (it is being carried on).
+    mid_answer: bool = False
+
+    @property
+    def level(self) -> int:  # type: ignore[override]  # the level of this event, not its class
+        """A WARNING while the caller has nothing yet, or it looks hung for up to
+        wait_for_model seconds (aider shows a freerouter warning, not an INFO); an INFO in the
+        middle of an answer, where a warning would print inside the text being streamed."""
+        return logging.INFO if self.mid_answer else logging.WARNING
 
     def message(self) -> str:
         if not self.cooling:

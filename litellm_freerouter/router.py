@@ -597,9 +597,11 @@ class Router:
         request_id: str,
         tried: set[str],
         deadline: float,
+        shown: bool = False,
     ) -> list[FreeModel]:
         """The models that can serve ``body``, are not in ``tried``, are not cooling down and
-        are under their known per-minute limit.
+        are under their known per-minute limit (``shown``: part of the answer has reached the
+        caller, so that a wait is news, not a warning).
 
         When there are none but one of them returns before ``deadline`` (the loop's clock), the
         request waits for it: a short cooldown, such as a model's own per-minute window, costs
@@ -615,7 +617,7 @@ class Router:
                 held = self.health.account_blocked_for()
                 if blocked.kind != "minute_limit" or loop.time() + held > deadline:
                     raise self._account_stop(blocked)
-                events.emit(events.Waiting(request_id, held, 0))
+                events.emit(events.Waiting(request_id, held, 0, shown))
                 await asyncio.sleep(held)
                 continue
             able = await self._able(body, settings)
@@ -628,7 +630,7 @@ class Router:
             wait = self.health.next_ready_in(m.id for m in untried)
             if wait is None or loop.time() + wait > deadline:
                 raise self._all_cooling(untried, settings.wait_for_model)
-            events.emit(events.Waiting(request_id, wait, len(untried)))
+            events.emit(events.Waiting(request_id, wait, len(untried), shown))
             await asyncio.sleep(wait)
 
     def _room(self, settings: Settings) -> int | None:
@@ -750,11 +752,13 @@ class Router:
                 if wait > 0:
                     if loop.time() + wait > deadline:
                         raise AllModelsFailed(failures, left_out=self._left_out(body, tried, wait))
-                    events.emit(events.Waiting(request_id, wait, 0))
+                    events.emit(events.Waiting(request_id, wait, 0, spent.shown))
                     await asyncio.sleep(wait)
             self._watch_quota(api_key)  # the first read runs beside the model list's fetch
             try:
-                ready = await self._ready_or_wait(body, settings, request_id, tried, deadline)
+                ready = await self._ready_or_wait(
+                    body, settings, request_id, tried, deadline, spent.shown
+                )
             except NoModelAvailable:
                 if failures:  # models failed this request, and no other returns in time
                     left_out = self._left_out(body, tried)
@@ -864,6 +868,7 @@ class Router:
                     async for model, delta in deltas:
                         delivered += delta.content
                         tool_calls = tool_calls or bool(delta.tool_calls)
+                        spent.shown = True
                         yield model, delta
                 return
             except _MidAnswer as broken:
@@ -954,6 +959,7 @@ class _Spent:
     attempts: int = 0
     failed: set[str] = field(default_factory=set)
     breaks: int = 0
+    shown: bool = False  # part of the answer has reached the caller (streamed)
 
     def broke(self, model: str) -> None:
         self.breaks += 1

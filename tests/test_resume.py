@@ -12,7 +12,7 @@ from litellm_freerouter import events
 from litellm_freerouter.router import with_prefill
 from litellm_freerouter.simulator import ModelScript
 
-from .conftest import Upstream, fast, request_tasks
+from .conftest import Upstream, cool, cool_once_listed, fast, request_tasks
 
 MESSAGES = [{"role": "user", "content": "Tell me about racing"}]
 ANSWER = "Racing free models gives the first token of the quickest one"
@@ -116,6 +116,54 @@ async def test_async_stream_is_carried_on(upstream: Upstream) -> None:
     assert text == ANSWER
     assert upstream.sim.calls_for("steady/b:free") == 2  # the cancelled loser, then the rest
     assert last_body(upstream, "steady/b:free")["messages"][-1]["role"] == "assistant"
+
+
+def waits_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.levelname for r in caplog.records if "waiting" in r.getMessage()]
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+def test_a_wait_before_anything_reached_the_caller_is_a_warning(
+    upstream: Upstream, caplog: pytest.LogCaptureFixture, stream: bool
+) -> None:
+    """Waiting for a cooling model while the caller has nothing is a WARNING: aider shows
+    those, and without it looks hung for up to wait_for_model seconds."""
+    upstream.sim.set_models([fast("only/a:free", "worth the wait")])
+    cooling = cool_once_listed("only/a:free", 0.3)
+    try:
+        with caplog.at_level(logging.INFO, logger="litellm_freerouter"):
+            response = litellm.completion(model="freerouter/auto", messages=MESSAGES, stream=stream)
+            if stream:
+                list(response)
+    finally:
+        cooling()
+    assert waits_logged(caplog) == ["WARNING"]
+
+
+def test_a_wait_while_an_answer_is_carried_on_is_news_not_a_warning(
+    upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The only model left to carry an answer on is cooling: the wait is an INFO, as a
+    WARNING would print inside the answer aider is streaming."""
+    upstream.sim.set_models(
+        [
+            breaking("break/a:free", drop_after_chunks=3),
+            ModelScript("steady/b:free", chunks=WORDS, first_token_delay=0.4),
+        ]
+    )
+
+    def on_event(event: events.Event) -> None:
+        if isinstance(event, events.Resumed):
+            cool("steady/b:free", 0.3)  # before the race that carries the answer on
+
+    stop = events.subscribe(on_event)
+    try:
+        with caplog.at_level(logging.INFO, logger="litellm_freerouter"):
+            text, _ = stream_text(race_width=2)
+    finally:
+        stop()
+    assert text == ANSWER
+    assert waits_logged(caplog) == ["INFO"]
 
 
 def test_resume_zero_keeps_the_break_as_an_error(upstream: Upstream) -> None:
