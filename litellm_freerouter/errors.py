@@ -123,10 +123,16 @@ class NoCapableModel(FreeRouterError):
 
 class AllModelsFailed(FreeRouterError):
     """Every model tried for this request failed; ``failures`` says how, ``left_out`` (when
-    given) why the other free models were not tried."""
+    given) why the other free models were not tried; ``repeat`` (seconds ago, window): the
+    request went on from an identical one that failed that long ago, within the window."""
 
     def __init__(
-        self, failures: Sequence[Failure], *, cap: int | None = None, left_out: str = ""
+        self,
+        failures: Sequence[Failure],
+        *,
+        cap: int | None = None,
+        left_out: str = "",
+        repeat: tuple[float, float] | None = None,
     ) -> None:
         self.failures = tuple(failures)
         self.left_out = left_out
@@ -145,9 +151,18 @@ class AllModelsFailed(FreeRouterError):
                 " (max_attempts, FREEROUTER_MAX_ATTEMPTS; or the race width if that is larger)"
             )
             return
+        which = "this request"
+        again = ""
+        if repeat is not None:
+            ago, window = repeat
+            which += f" and an identical one {ago:.0f} s ago"
+            again = (
+                f"; a request repeated within {window:.0f} s of the first failure goes on from"
+                " it, without asking the models that failed it again"
+            )
         super().__init__(
-            f"all {len(self.failures)} free models tried for this request failed{why}:"
-            f" {shown}{more}{f'; {left_out}' if left_out else ''}"
+            f"all {len(self.failures)} free models tried for {which} failed{why}:"
+            f" {shown}{more}{f'; {left_out}' if left_out else ''}{again}"
         )
 
 

@@ -52,6 +52,13 @@ T = TypeVar("T")
 _request_ids = itertools.count(1)
 STICKY_SLACK = 1.5  # a conversation keeps its last winner while it is within 1.5x of the best
 STICKY_MAX = 256
+# A request identical to one that failed on every model it tried, within this many seconds of
+# that failure, goes on from it: what it sent counts against the same FREEROUTER_MAX_ATTEMPTS
+# and the models that failed it are not asked again. A caller's fallback or retry (aider asks
+# its main model for the commit message its weak model could not write) then cannot spend the
+# cap a second time on the same prompt; a person retrying a minute later starts afresh.
+REPEAT_WINDOW = 60.0
+REPEAT_MAX = 64
 # A hedge waits until the first choice is later than this share of its measured first tokens,
 # and never less than HEDGE_FLOOR seconds: the 95th percentile, as "The Tail at Scale" advises
 # (failures aside, hedges then cost about 5% more requests). Before three measurements the same
@@ -97,6 +104,15 @@ def conversation_key(messages: Sequence[Any]) -> str | None:
     except TypeError:  # keys of mixed types cannot be sorted: the opening as given
         raw = json.dumps(opening, default=str)
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def request_key(body: Mapping[str, Any]) -> str:
+    """Identify a request by everything it asks (messages and parameters)."""
+    try:
+        raw = json.dumps(body, default=str, sort_keys=True)
+    except TypeError:  # keys of mixed types cannot be sorted: the body as given
+        raw = json.dumps(body, default=str)
+    return hashlib.sha256(raw.encode()).hexdigest()
 
 
 def cooldown_for(failure: Failure, settings: Settings) -> float | None:
@@ -165,6 +181,9 @@ class Router:
         self._rng = rng or random.Random()
         self._sticky: OrderedDict[str, str] = OrderedDict()
         self._sticky_lock = threading.Lock()
+        # Requests that failed on every model they tried, by request_key, oldest first.
+        self._failed: OrderedDict[str, _Spent] = OrderedDict()
+        self._failed_lock = threading.Lock()
         self._narrowed_notice = False
         self._scarce_notice = False
         self._paced_notice = False
@@ -690,7 +709,11 @@ class Router:
         # Every model this request has tried (and the ones it broke off on): a model is asked
         # at most once, so that waiting for a cooldown never spends quota on a known failure.
         tried = set(spent.failed)
-        failures: list[Failure] = []  # of the models that failed this race, in order
+        # Of the models that failed this request (or the identical one it goes on from).
+        failures: list[Failure] = list(spent.earlier)
+        repeat = None
+        if spent.failed_at is not None:
+            repeat = (self.health.clock() - spent.failed_at, REPEAT_WINDOW)
         refused: list[Failure] = []  # refused outright (400/422) by a model, this request
         conversation = conversation_key(body.get("messages") or [])
         headers = upstream_headers(api_key, settings.extra_headers)
@@ -743,7 +766,9 @@ class Router:
                     # (a RateLimitError a caller may retry), not the cap.
                     raise self._account_stop(minute_stop)
                 # Failed contenders, or earlier races of an answer carried on, used them all.
-                raise AllModelsFailed(failures, cap=cap, left_out=self._left_out(body, tried))
+                raise AllModelsFailed(
+                    failures, cap=cap, left_out=self._left_out(body, tried), repeat=repeat
+                )
             limit = settings.requests_per_minute
             if failures and limit:
                 # Models already failed this request, and the account's minute is full: the
@@ -751,7 +776,8 @@ class Router:
                 wait = self.health.minute_frees_in(limit)
                 if wait > 0:
                     if loop.time() + wait > deadline:
-                        raise AllModelsFailed(failures, left_out=self._left_out(body, tried, wait))
+                        left_out = self._left_out(body, tried, wait)
+                        raise AllModelsFailed(failures, left_out=left_out, repeat=repeat)
                     events.emit(events.Waiting(request_id, wait, 0, spent.shown))
                     await asyncio.sleep(wait)
             self._watch_quota(api_key)  # the first read runs beside the model list's fetch
@@ -762,7 +788,7 @@ class Router:
             except NoModelAvailable:
                 if failures:  # models failed this request, and no other returns in time
                     left_out = self._left_out(body, tried)
-                    raise AllModelsFailed(failures, left_out=left_out) from None
+                    raise AllModelsFailed(failures, left_out=left_out, repeat=repeat) from None
                 raise
             await self._await_first_quota()
             room = self._room(settings)
@@ -842,6 +868,44 @@ class Router:
             winner.close()
             events.emit(events.Finished(request_id, winner.id, ok, loop.time() - race_start, error))
 
+    def _spent_for(self, body: Mapping[str, Any]) -> _Spent:
+        """What a new request has spent: nothing, unless it repeats one that failed on every
+        model it tried less than REPEAT_WINDOW seconds ago, whose account it goes on from."""
+        with self._failed_lock:
+            if not self._failed:
+                return _Spent()  # the usual case: no need to fingerprint the request
+        key = request_key(body)
+        now = self.health.clock()
+        with self._failed_lock:
+            for stale in [
+                k for k, e in self._failed.items() if now - (e.failed_at or 0) >= REPEAT_WINDOW
+            ]:
+                del self._failed[stale]
+            earlier = self._failed.get(key)
+        if earlier is None:
+            return _Spent()
+        return dataclasses.replace(earlier, failed=set(earlier.failed))
+
+    def _remember_failed(
+        self, body: Mapping[str, Any], spent: _Spent, error: AllModelsFailed
+    ) -> None:
+        """Keep what a request that failed on every model it tried spent, for a repeat of it
+        to go on from (dated from the first failure of the requests it repeats)."""
+        if not error.failures:
+            return  # the account's minute cut it short: a repeat once it frees is fair
+        record = _Spent(
+            attempts=spent.attempts,
+            failed=set(spent.failed),
+            earlier=error.failures,
+            failed_at=spent.failed_at if spent.failed_at is not None else self.health.clock(),
+        )
+        key = request_key(body)
+        with self._failed_lock:
+            self._failed[key] = record
+            self._failed.move_to_end(key)
+            while len(self._failed) > REPEAT_MAX:
+                self._failed.popitem(last=False)
+
     async def stream(
         self, body: dict[str, Any], settings: Settings
     ) -> AsyncGenerator[tuple[str, Delta], None]:
@@ -858,7 +922,7 @@ class Router:
         request_id = f"fr{next(_request_ids)}"
         delivered = ""
         tool_calls = False
-        spent = _Spent()
+        spent = self._spent_for(body)
         first_break: UpstreamError | None = None
         current = body
         while True:
@@ -885,6 +949,8 @@ class Router:
                 current = with_prefill(body, delivered) if delivered else body
             except (AllModelsFailed, NoModelAvailable) as exc:
                 if first_break is None:
+                    if isinstance(exc, AllModelsFailed):
+                        self._remember_failed(body, spent, exc)
                     raise
                 raise _carry_on_failed(first_break, exc) from None
 
@@ -895,7 +961,7 @@ class Router:
         token simply starts afresh on another model, up to ``settings.resume`` times.
         """
         request_id = f"fr{next(_request_ids)}"
-        spent = _Spent()
+        spent = self._spent_for(body)
         first_break: UpstreamError | None = None
         while True:
             try:
@@ -911,6 +977,8 @@ class Router:
                 )
             except (AllModelsFailed, NoModelAvailable) as exc:
                 if first_break is None:
+                    if isinstance(exc, AllModelsFailed):
+                        self._remember_failed(body, spent, exc)
                     raise
                 raise _carry_on_failed(first_break, exc) from None
 
@@ -959,6 +1027,10 @@ class _Spent:
     attempts: int = 0
     failed: set[str] = field(default_factory=set)
     breaks: int = 0
+    # Going on from an identical request that failed (see REPEAT_WINDOW): its failures, and
+    # when the first of the requests it repeats failed (health's clock).
+    earlier: tuple[Failure, ...] = ()
+    failed_at: float | None = None
     shown: bool = False  # part of the answer has reached the caller (streamed)
 
     def broke(self, model: str) -> None:

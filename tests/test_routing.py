@@ -25,6 +25,10 @@ TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "
 TEXT_ONLY = ("max_tokens", "temperature")
 
 
+def user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
 def ask(**kwargs: Any) -> Any:
     return litellm.completion(
         model="freerouter/auto", messages=kwargs.pop("messages", MESSAGES), **kwargs
@@ -876,12 +880,13 @@ def test_a_request_sends_at_most_max_attempts_requests(upstream: Upstream) -> No
     with pytest.raises(litellm.ServiceUnavailableError, match=says.format(6)):
         ask(requests_per_minute=0)
     assert len(upstream.sim.requests) == 6
+    # Other requests: a repeat of the first would go on from it (REPEAT_WINDOW).
     with pytest.raises(litellm.ServiceUnavailableError, match=says.format(2)):
-        ask(requests_per_minute=0, max_attempts=2, race_width=1)
+        ask(requests_per_minute=0, max_attempts=2, race_width=1, messages=[user("second")])
     assert len(upstream.sim.requests) == 8
     # The race width raises the cap: the message gives the cap that held.
     with pytest.raises(litellm.ServiceUnavailableError, match=says.format(3)):
-        ask(requests_per_minute=0, max_attempts=1, race_width=3)
+        ask(requests_per_minute=0, max_attempts=1, race_width=3, messages=[user("third")])
     assert len(upstream.sim.requests) == 11
 
 
@@ -931,3 +936,49 @@ def test_all_failed_says_why_the_other_models_were_left_out(upstream: Upstream) 
     left_out = "the other 3 were left out: 2 cooling down (the first back in 40 s)"
     assert f"{left_out}, 1 unable to serve this request (tool use)" in message, message
     assert sorted(upstream.sim.called_models()) == ["down/0:free", "down/1:free"]
+
+
+def test_a_repeat_of_a_request_every_model_failed_goes_on_from_it(upstream: Upstream) -> None:
+    """aider asks its main model for the commit message its hedged weak model could not get:
+    the identical request, a moment later, counts against the same max_attempts (here used
+    up: nothing more is sent) instead of spending 6 more; a different request is not held."""
+    upstream.sim.set_models(
+        [ModelScript(f"down/{i}:free", context_length=1000 + i, status=503) for i in range(14)]
+    )
+    with pytest.raises(litellm.ServiceUnavailableError, match="all 6 free models tried"):
+        ask(hedge_delay="auto")
+    assert len(upstream.sim.requests) == 6
+    again = r"all 6 free models tried for this request and an identical one \d+ s ago failed"
+    with pytest.raises(litellm.ServiceUnavailableError, match=again):
+        ask()
+    assert len(upstream.sim.requests) == 6
+    other = [{"role": "user", "content": "Something else"}]
+    with pytest.raises(litellm.ServiceUnavailableError, match="all 6 free models tried for this"):
+        ask(messages=other)
+    assert len(upstream.sim.requests) == 12
+
+
+def test_a_repeat_does_not_ask_again_the_models_that_refused_it_for_its_size(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A context-length 400 cools no model (another request may fit): a repeat within
+    REPEAT_WINDOW does not send the same prompt to them again; after it, it may."""
+    upstream.sim.set_models(
+        [
+            ModelScript(
+                f"tight/{i}:free",
+                context_length=1000 + i,
+                status=400,
+                error_message="This endpoint's maximum context length is 1000 tokens.",
+            )
+            for i in range(2)
+        ]
+    )
+    for _ in range(2):
+        with pytest.raises(litellm.ContextWindowExceededError):
+            ask()
+    assert len(upstream.sim.requests) == 2
+    monkeypatch.setattr(router_module, "REPEAT_WINDOW", 0.0)
+    with pytest.raises(litellm.ContextWindowExceededError):
+        ask()
+    assert len(upstream.sim.requests) == 4
