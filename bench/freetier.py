@@ -483,7 +483,7 @@ def wider_races(
             rows.append(
                 {"width": min(width, len(tier.models)), "requested_width": width}
                 | {k: s[k] for k in ("success_when_healthy", "p50", "p95", "p99", "per_answer")}
-                | {"decisions": s["decisions"]}
+                | {"decisions": s["decisions"], "errors": s["errors"]}
             )
             progress(
                 f"  race {width}: success {s['success_when_healthy']:.1%}  p50 "

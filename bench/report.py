@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from common import SHORT, fmt
@@ -727,13 +728,18 @@ def _wider_races(ft: dict[str, Any]) -> list[str]:
 
 
 def _short_widths(table: list[dict[str, Any]]) -> str:
-    short = [str(r["width"]) for r in table if r["success_when_healthy"] < 1.0]
+    short = [r for r in table if r["success_when_healthy"] < 1.0]
     if not short:
         return ""
+    seen = Counter[str]()
+    for r in short:
+        seen.update(r.get("errors") or {})
+    how = f" (here: {', '.join(f'{n} {e}' for e, n in seen.most_common())})" if seen else ""
     return (
-        f" At {' and '.join(short)} at once not every request was answered: such a race's own "
-        "refusals and failures cool most models together, and a request whose untried models "
-        "all return later than it waits fails (as traced in a re-run with the router's events)."
+        f" At {' and '.join(str(r['width']) for r in short)} at once not every request was"
+        f" answered{how}: a wide race's own refusals and failures can cool most models"
+        " together, and a request whose untried models all return later than it waits then"
+        " fails."
     )
 
 
