@@ -226,10 +226,11 @@ def test_sqlite_daily_quota_stop_holds_in_the_next_process(
 ) -> None:
     """Once one process has met the daily-quota 429, the next sends nothing until the reset."""
     one, other = workers(["one", "other"])
-    upstream.sim.daily_quota = 2
+    upstream.sim.daily_quota = 1
     upstream.sim.set_models(healthy())
-    assert one.ask("one-1")["ok"]  # spends both requests of the day
-    stopped = one.ask("one-2")
+    assert one.ask("one-1")["ok"]  # the first race, sized by the quota read, spends the day's one
+    assert len(called(upstream, "one-1")) == 1
+    stopped = one.ask("one-2")  # a request to one model meets the daily 429
     assert stopped["error"] == "RateLimitError" and "00:00 UTC" in stopped["message"]
     one.quit()
     held = other.ask("other-1")
