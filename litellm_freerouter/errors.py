@@ -123,7 +123,8 @@ class NoCapableModel(FreeRouterError):
 
 class AllModelsFailed(FreeRouterError):
     """Every model tried for this request failed; ``failures`` says how, ``left_out`` (when
-    given) why the other free models were not tried; ``repeat`` (seconds ago, window): the
+    given) why the other free models were not tried; ``cut_short``: the account's minute
+    stopped it before the rest were; ``repeat`` (seconds ago, window): the
     request went on from an identical one that failed that long ago, within the window."""
 
     def __init__(
@@ -133,9 +134,12 @@ class AllModelsFailed(FreeRouterError):
         cap: int | None = None,
         left_out: str = "",
         repeat: tuple[float, float] | None = None,
+        cut_short: bool = False,
     ) -> None:
         self.failures = tuple(failures)
         self.left_out = left_out
+        # The account's free requests a minute ran out before every model had its turn.
+        self.cut_short = cut_short
         shown = "; ".join(f.describe() for f in self.failures[:6])
         more = f"; and {len(self.failures) - 6} more" if len(self.failures) > 6 else ""
         why = (

@@ -777,7 +777,9 @@ class Router:
                 if wait > 0:
                     if loop.time() + wait > deadline:
                         left_out = self._left_out(body, tried, wait)
-                        raise AllModelsFailed(failures, left_out=left_out, repeat=repeat)
+                        raise AllModelsFailed(
+                            failures, left_out=left_out, repeat=repeat, cut_short=True
+                        )
                     events.emit(events.Waiting(request_id, wait, 0, spent.shown))
                     await asyncio.sleep(wait)
             self._watch_quota(api_key)  # the first read runs beside the model list's fetch
@@ -891,8 +893,9 @@ class Router:
     ) -> None:
         """Keep what a request that failed on every model it tried spent, for a repeat of it
         to go on from (dated from the first failure of the requests it repeats)."""
-        if not error.failures:
-            return  # the account's minute cut it short: a repeat once it frees is fair
+        if not error.failures or error.cut_short:
+            # The account's minute cut it short, not the models: a retry is a request afresh.
+            return
         record = _Spent(
             attempts=spent.attempts,
             failed=set(spent.failed),

@@ -958,6 +958,22 @@ def test_a_repeat_of_a_request_every_model_failed_goes_on_from_it(upstream: Upst
     assert len(upstream.sim.requests) == 12
 
 
+def test_a_request_the_accounts_minute_cut_short_is_retried_afresh(upstream: Upstream) -> None:
+    """A request that failed one model and then found the account's free requests a minute
+    used up did not fail on every model: the caller's retry of it (litellm's proxy retries a
+    503) is a request of its own, not one that goes on from the first and fails at once."""
+    upstream.sim.set_models(
+        [ModelScript("down/a:free", status=503), fast("good/b:free", "answered after all")]
+    )
+    tight = {"requests_per_minute": 1, "race_width": 1, "wait_for_model": 0}
+    with pytest.raises(litellm.ServiceUnavailableError, match="the minute frees in"):
+        ask(**tight)
+    assert [r.model for r in upstream.sim.requests] == ["down/a:free"]  # the premise
+    response = ask(**tight)
+    assert response.choices[0].message.content == "answered after all"
+    assert [r.model for r in upstream.sim.requests] == ["down/a:free", "good/b:free"]
+
+
 def test_a_repeat_does_not_ask_again_the_models_that_refused_it_for_its_size(
     upstream: Upstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
