@@ -44,10 +44,11 @@ SHIFT = 2.0
 # its expected time is a moving average of what it showed (its prior before that), and a
 # hedge waits a multiple of that instead of its 95th percentile.
 QUANTILES_FROM = 3
-# A quantile further out than a model's races can show (of n races, past 1 - 1/n: the 95th
-# needs 20, the 99th more than a window of 32 holds; of 32 times the largest is about the 97th
-# percentile, of three about the 75th) is never taken below a lognormal's, fitted to the times
-# with TAIL_PRIOR_WEIGHT races' worth of a log-spread of TAIL_PRIOR_SPREAD (free models show
+# A quantile further out than a model's times can show (of n first-token times, past 1 - 1/n:
+# the 95th needs 20, the 99th more than a window of 32 holds; of 32 times the largest is about
+# the 97th percentile, of three about the 75th; a race lost early says nothing of the tail, so
+# lost races do not count) is never taken below a lognormal's, fitted to the times with
+# TAIL_PRIOR_WEIGHT races' worth of a log-spread of TAIL_PRIOR_SPREAD (free models show
 # 0.35-0.9). With many times of a steady model the fit narrows to what they show; a heavy tail
 # they show still stands. So a model with few races is not hedged at the largest of them.
 TAIL_PRIOR_SPREAD = 0.7
@@ -132,13 +133,18 @@ class ModelStats:
 
         Lost races count as lower bounds (Kaplan-Meier): a model is measured only when it wins,
         and leaving out the times it was overtaken while still silent would make its slow tail
-        look shorter than it is. Further out than its races can show (past ``1 - 1/n`` of
-        ``n``), it is never below the lognormal estimate (``TAIL_PRIOR_SPREAD``).
+        look shorter than it is. Further out than its times can show (past ``1 - 1/n`` of ``n``
+        first-token times), it is never below the lognormal estimate (``TAIL_PRIOR_SPREAD``).
         """
         measured = _quantile(self.samples, q)
-        if measured is None or q <= 1.0 - 1.0 / len(self.samples):
+        if measured is None:
+            return None
+        times = self.ttft
+        # Counted in the times it showed: a race lost early (a hedge overtaken just after it
+        # started) says nothing of how far out its tail reaches, so it must not narrow it.
+        if q <= 1.0 - 1.0 / len(times):
             return measured
-        return max(measured, _lognormal_quantile(self.ttft, q))
+        return max(measured, _lognormal_quantile(times, q))
 
     def forget_if_changed(self) -> None:
         """Keep only the last ``SHIFT_AFTER`` races when each of them was far from the median

@@ -233,6 +233,21 @@ def test_a_window_of_races_does_not_pass_for_a_models_far_tail() -> None:
     assert health.stats("tail:free").quantile(0.99) == 10.0
 
 
+def test_races_lost_early_do_not_pass_for_a_models_far_tail() -> None:
+    """Races a model lost just after it started (a hedge overtaken at once) say nothing of its
+    tail: three quick wins beside seventeen such losses are not hedged at the slowest of the
+    three, any more than the three wins alone are."""
+    health = Health(clock=Clock())
+    for _ in range(17):
+        health.record_lower_bound("hedge:free", 0.1)
+    for seconds in (1.0, 1.1, 1.2):
+        health.record_first_token("hedge:free", seconds)
+        health.record_first_token("alone:free", seconds)
+    alone = health.stats("alone:free").quantile(0.95)
+    assert alone is not None and alone > 2.0
+    assert health.stats("hedge:free").quantile(0.95) == pytest.approx(alone)
+
+
 def test_send_times_are_kept_for_a_minute_only() -> None:
     """The per-minute counts look back one minute, and a long-running process (a proxy) keeps
     (and stores) no more send times than that, whether or not anything asks for the counts."""
