@@ -319,11 +319,13 @@ class Router:
         if self._quota_due():
             self._soon_at_home(start)
 
-    async def _await_first_quota(self) -> None:
+    async def _await_first_quota(self, width: int) -> None:
         """Before the first race, while the quota is unknown: wait for the /key read already
         started, at most ``QUOTA_FIRST_WAIT`` seconds, so the race is sized by what is left (a
-        slow or failing read only delays this one race, once). Later races never wait."""
-        if self._quota_awaited or self.health.quota_remaining() is not None:
+        slow or failing read only delays this one race, once). Later races never wait, nor
+        does one that can have a single model in flight (``width``: at most), which nothing
+        the quota says would narrow."""
+        if self._quota_awaited or width <= 1 or self.health.quota_remaining() is not None:
             return
 
         async def wait() -> None:
@@ -792,7 +794,7 @@ class Router:
                     left_out = self._left_out(body, tried)
                     raise AllModelsFailed(failures, left_out=left_out, repeat=repeat) from None
                 raise
-            await self._await_first_quota()
+            await self._await_first_quota(min(settings.race_width, len(ready)))
             room = self._room(settings)
             budget = max(1, left if room is None else min(room, left))
             width = self._width(settings)

@@ -495,7 +495,8 @@ def test_a_slow_or_failing_quota_read_holds_the_first_request_up_briefly_at_most
     upstream.sim.key_delay = delay
     upstream.sim.key_status = status
     upstream.sim.daily_quota = 50
-    upstream.sim.set_models([fast("m/a:free", "hi", context_length=1000)])
+    # Two models: a race of one would not wait at all.
+    upstream.sim.set_models([fast(f"m/{i}:free", "hi", context_length=1000 + i) for i in range(2)])
     started = time.monotonic()
     assert ask().choices[0].message.content == "hi"
     # A second wait would now last until the slow read gives up, 15 s after it started.
@@ -503,6 +504,23 @@ def test_a_slow_or_failing_quota_read_holds_the_first_request_up_briefly_at_most
     assert ask().choices[0].message.content == "hi"
     assert time.monotonic() - started < 10  # not the 30 s a slow /key takes
     assert env_router().health.quota_remaining() is None
+
+
+@pytest.mark.parametrize(("models", "width"), [(2, 1), (1, 3)], ids=["width-1", "one-model"])
+def test_a_race_of_one_does_not_wait_for_the_quota_read(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch, models: int, width: int
+) -> None:
+    """A race that can have one model in flight (race_width 1, or one ready model) is narrowed
+    by nothing the quota says: its first request does not wait for a slow /key read at all."""
+    monkeypatch.setattr(router_module, "QUOTA_FIRST_WAIT", 60.0)
+    upstream.sim.key_delay = 30.0
+    upstream.sim.daily_quota = 50
+    upstream.sim.set_models(
+        [fast(f"m/{i}:free", "hi", context_length=1000 + i) for i in range(models)]
+    )
+    started = time.monotonic()
+    assert ask(race_width=width).choices[0].message.content == "hi"
+    assert time.monotonic() - started < 10  # not the 15 s the read runs before it gives up
 
 
 def test_the_quota_is_read_again_every_refresh_interval(upstream: Upstream) -> None:
