@@ -319,22 +319,25 @@ class Router:
         if self._quota_due():
             self._soon_at_home(start)
 
-    async def _await_first_quota(self, width: int) -> None:
+    async def _await_first_quota(self, width: int) -> bool:
         """Before the first race, while the quota is unknown: wait for the /key read already
         started, at most ``QUOTA_FIRST_WAIT`` seconds, so the race is sized by what is left (a
         slow or failing read only delays this one race, once). Later races never wait, nor
         does one that can have a single model in flight (``width``: at most), which nothing
-        the quota says would narrow."""
+        the quota says would narrow. True: it waited."""
         if self._quota_awaited or width <= 1 or self.health.quota_remaining() is not None:
-            return
+            return False
 
-        async def wait() -> None:
+        async def wait() -> bool:
             task = self._quota_task
-            if task is not None and not task.done():
-                await asyncio.wait({task}, timeout=QUOTA_FIRST_WAIT)  # never cancels the read
+            if task is None or task.done():
+                return False
+            await asyncio.wait({task}, timeout=QUOTA_FIRST_WAIT)  # never cancels the read
+            return True
 
-        await self._at_home(wait)
+        waited = await self._at_home(wait)
         self._quota_awaited = True
+        return waited
 
     def _on_catalog(self, models: Sequence[FreeModel]) -> None:
         """A new list: learn each model's serving provider and latency in the background."""
@@ -794,7 +797,9 @@ class Router:
                     left_out = self._left_out(body, tried)
                     raise AllModelsFailed(failures, left_out=left_out, repeat=repeat) from None
                 raise
-            await self._await_first_quota(min(settings.race_width, len(ready)))
+            if await self._await_first_quota(min(settings.race_width, len(ready))):
+                # Other requests may have cooled a model or met the day's 429 meanwhile.
+                continue
             room = self._room(settings)
             budget = max(1, left if room is None else min(room, left))
             width = self._width(settings)

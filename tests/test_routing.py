@@ -14,6 +14,7 @@ from litellm_freerouter import engine, events
 from litellm_freerouter import router as router_module
 from litellm_freerouter.catalog import FreeModel
 from litellm_freerouter.config import Settings
+from litellm_freerouter.errors import Failure
 from litellm_freerouter.health import Health
 from litellm_freerouter.router import HEDGE_FLOOR, Router, conversation_key
 from litellm_freerouter.simulator import ModelScript
@@ -521,6 +522,30 @@ def test_a_race_of_one_does_not_wait_for_the_quota_read(
     started = time.monotonic()
     assert ask(race_width=width).choices[0].message.content == "hi"
     assert time.monotonic() - started < 10  # not the 15 s the read runs before it gives up
+
+
+def test_the_first_race_looks_again_after_waiting_for_the_quota_read(
+    upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the first race waits for /key, another request may meet the day's 429: the race
+    looks again after the wait and sends nothing, rather than racing the models it picked."""
+    monkeypatch.setattr(router_module, "QUOTA_FIRST_WAIT", 0.1)
+    upstream.sim.key_delay = 30.0
+    upstream.sim.daily_quota = 50
+    upstream.sim.set_models([fast(f"m/{i}:free", "hi", context_length=1000 + i) for i in range(3)])
+
+    def on_event(event: events.Event) -> None:
+        if isinstance(event, events.CatalogRefreshed) and event.ok:  # account checked, no race yet
+            spent = Failure("daily_quota", "account", "used", reset_at=time.time() + 3600)
+            env_router().health.block_account(spent, time.time() + 3600)
+
+    stop = events.subscribe(on_event)
+    try:
+        with pytest.raises(litellm.RateLimitError, match="free daily quota used"):
+            ask()
+    finally:
+        stop()
+    assert upstream.sim.requests == []
 
 
 def test_the_quota_is_read_again_every_refresh_interval(upstream: Upstream) -> None:
