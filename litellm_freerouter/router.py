@@ -107,12 +107,9 @@ def conversation_key(messages: Sequence[Any]) -> str | None:
 
 
 def request_key(body: Mapping[str, Any]) -> str:
-    """Identify a request by everything it asks (messages and parameters)."""
-    try:
-        raw = json.dumps(body, default=str, sort_keys=True)
-    except TypeError:  # keys of mixed types cannot be sorted: the body as given
-        raw = json.dumps(body, default=str)
-    return hashlib.sha256(raw.encode()).hexdigest()
+    """Identify a request by everything it asks (messages and parameters): the body as it is
+    sent upstream (checked encodable before anything is sent)."""
+    return hashlib.sha256(encode_body(body)).hexdigest()
 
 
 def cooldown_for(failure: Failure, settings: Settings) -> float | None:
